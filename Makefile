@@ -1,0 +1,31 @@
+# Two commands for users: `make demo` and `make test`. Both set themselves up.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
+export MPLBACKEND ?= Agg
+
+.PHONY: setup test demo preview clean-venv
+
+setup: $(STAMP)
+
+# Re-installs only when the pinned requirements or the package metadata change.
+$(STAMP): requirements.txt setup.py setup.cfg package.xml
+	@bash tools/ensure_system_deps.sh
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(VENV)/bin/dvqvae-hand preview --out demo_out/hand
+	@echo "Hand previews written to demo_out/hand/"
+
+clean-venv:
+	rm -rf $(VENV)

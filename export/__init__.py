@@ -1,0 +1,1 @@
+"""dvqvae_export: TorchScript, ONNX and TensorRT export of the inference graph."""

@@ -1,0 +1,1 @@
+"""dvqvae_training: grasp data synthesis, datasets, training loops and evaluation."""
