@@ -1,0 +1,1 @@
+"""Helpers of tools/make_standin_hand.py: skeleton, implicit surface, meshing, rigging."""
