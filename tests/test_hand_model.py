@@ -342,3 +342,15 @@ def test_load_errors(tmp_path: Path) -> None:
     with contextlib.redirect_stderr(buf):
         assert hand_cli_main(["info", "--hand", str(tmp_path / "missing.pkl")]) == 2
     assert "not found" in buf.getvalue()
+
+
+def test_committed_standin_metadata_is_current() -> None:
+    """The shipped metadata must match the shipped asset, so loading never has to rewrite it."""
+    from dvqvae_model import hand_model as hm
+    from dvqvae_model.hand_metadata import load_metadata, model_fingerprint
+    from dvqvae_model.mano_pickle import load_mano_arrays
+
+    arrays = load_mano_arrays(hm.ASSET_DIR / "standin_right.pkl", use_cache=False)
+    stored = load_metadata(hm.STANDIN_META)
+    # load_metadata raises on a stale META_VERSION.
+    assert stored.fingerprint == model_fingerprint(arrays), "run `dvqvae-hand regen-meta` and commit the result"
