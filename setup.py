@@ -17,7 +17,7 @@ setup(
         "dvqvae_export",
     ],
     package_dir={"dvqvae_training": "training", "dvqvae_export": "export"},
-    package_data={"dvqvae_model": ["assets/*"]},
+    package_data={"dvqvae_model": ["assets/*", "assets/default_model/*"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -51,6 +51,15 @@ setup(
     entry_points={
         "console_scripts": [
             "dvqvae-hand = dvqvae_model.hand_cli:main",
+            "dvqvae-grasp = dvqvae_ros.grasp_cli:main",
+            "dvqvae-data = dvqvae_training.data_cli:main",
+            "dvqvae-train = dvqvae_training.train_cli:main",
+            "dvqvae-eval = dvqvae_training.eval_cli:main",
+            "dvqvae-export = dvqvae_export.cli:main",
+            # ROS 2 executables (`ros2 run dvqvae_ros grasp_generator`; on a pip
+            # install the same names land on PATH and take `--ros-args`).
+            "grasp_generator = dvqvae_ros.grasp_node:main",
+            "fake_depth_camera = dvqvae_ros.fake_camera_node:main",
         ],
     },
 )
