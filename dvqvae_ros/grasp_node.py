@@ -1,0 +1,611 @@
+"""ROS 2 node ``grasp_generator``: object point clouds in, ranked human grasps out.
+
+A thin shell over ``dvqvae_model.generator.GraspGenerator``:
+
+* subscribes ``points`` (sensor_msgs/PointCloud2, a segmented object cloud);
+* generates in ONE worker thread, so the executor never waits for inference. The
+  worker has a one-slot mailbox: while it is busy the newest cloud replaces the
+  waiting one (the replaced cloud is counted as dropped), and generations start
+  at most ``max_rate_hz`` times a second;
+* publishes, with the input cloud's header, ``grasps/markers``,
+  ``grasps/wrist_poses``, ``grasps/keypoints``, ``grasps/mano`` and
+  ``grasps/joint_states`` (see ``dvqvae_ros.messages`` for the conventions),
+  and ``/diagnostics`` once a second;
+* ``~/generate`` (std_srvs/Trigger) generates for the latest cloud and answers
+  when the grasps are published (the only trigger in ``mode: on_demand``).
+
+Parameters are declared in ``dvqvae_ros.parameters.GraspNodeParameters``. The
+sampling ones (num_grasps, temperature, top_k, seed, refine, max_rate_hz) can be
+changed at run time; the others are read-only.
+
+Inference backends are looked up in ``BACKENDS`` (``register_backend`` plugs in
+another one, e.g. an exported TorchScript / ONNX / TensorRT sampler).
+"""
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+import traceback
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Generic, Optional, Protocol, Sequence, TypeVar
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PoseArray
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from sensor_msgs.msg import JointState, PointCloud2
+from std_msgs.msg import Float32MultiArray, Header
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
+
+import dvqvae_model
+from dvqvae_model.preprocess import CloudError
+from dvqvae_ros import messages
+from dvqvae_ros.parameters import (
+    GraspNodeParameters,
+    ParameterError,
+    SamplingSettings,
+    check_update,
+    declare_parameters,
+    dynamic_parameter_names,
+    read_parameters,
+)
+from dvqvae_ros.point_cloud import read_xyz
+
+__all__ = [
+    "AUTO_BACKEND_ORDER",
+    "BACKENDS",
+    "DEFAULT_MODEL_DIR",
+    "GraspGeneratorNode",
+    "LatestOnlyWorker",
+    "StartupError",
+    "create_generator",
+    "generator_options",
+    "main",
+    "register_backend",
+    "resolve_model_path",
+    "warm_up_cloud",
+]
+
+NODE_NAME = "grasp_generator"
+DEFAULT_MODEL_DIR = Path(dvqvae_model.__file__).resolve().parent / "assets" / "default_model"
+SERVICE_TIMEOUT_S = 60.0
+WARN_THROTTLE_S = 5.0
+STATS_WINDOW = 200  # latencies kept for p50 / p95
+RATE_WINDOW_S = 10.0
+
+
+class StartupError(RuntimeError):
+    """The node cannot start with its parameters; the message says what to change."""
+
+
+# --------------------------------------------------------------------------- backends
+class GeneratorLike(Protocol):
+    """What the node needs from a grasp generator (``dvqvae_model.generator.GraspGenerator``)."""
+
+    def generate(self, points: np.ndarray, num_grasps: int, **kwargs: Any) -> Any: ...
+
+
+BackendFactory = Callable[[GraspNodeParameters, Path], GeneratorLike]
+
+
+def _eager_backend(params: GraspNodeParameters, model_dir: Path) -> GeneratorLike:
+    """PyTorch eager inference from a checkpoint directory."""
+    from dvqvae_model.generator import GraspGenerator
+
+    return GraspGenerator.from_checkpoint(model_dir, hand=params.hand_model, device=params.device,
+                                          **generator_options(params))
+
+
+def generator_options(params: GraspNodeParameters) -> dict[str, Any]:
+    """Keyword options of ``GraspGenerator`` that come from node parameters (shared by backends)."""
+    return {
+        "num_points": params.points_per_object or None,
+        "refine": params.refine,
+        "crop_box": params.crop_box or None,
+        "crop_radius": params.crop_radius or None,
+        "min_points": params.min_points,
+    }
+
+
+#: name -> factory(params, checkpoint dir) -> generator. Exported backends register here.
+BACKENDS: dict[str, BackendFactory] = {"eager": _eager_backend}
+#: ``backend: auto`` takes the first registered name in this order.
+AUTO_BACKEND_ORDER: tuple[str, ...] = ("tensorrt", "onnx", "torchscript", "eager")
+
+
+def register_backend(name: str, factory: BackendFactory) -> None:
+    """Make ``backend:=name`` available (and a candidate for ``auto`` if listed in AUTO_BACKEND_ORDER)."""
+    BACKENDS[name] = factory
+
+
+def resolve_model_path(spec: str) -> Path:
+    """``default`` -> the bundled checkpoint directory; anything else -> that directory. Raises StartupError."""
+    if spec == "default":
+        path = DEFAULT_MODEL_DIR
+        if not (path / "config.json").is_file():
+            raise StartupError(
+                f"model:=default, but no bundled checkpoint exists at {path}. Point the 'model' parameter "
+                "at a checkpoint directory (one holding config.json and model.safetensors), e.g. "
+                "--ros-args -p model:=/path/to/checkpoint"
+            )
+        return path
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise StartupError(f"model:={spec!r} is not a directory; expected a checkpoint directory with config.json")
+    return path
+
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise StartupError(
+                f"device:={device} but CUDA is not available to torch {torch.__version__}; use device:=cpu"
+            )
+
+
+def create_generator(params: GraspNodeParameters) -> tuple[GeneratorLike, str]:
+    """Build the generator named by ``params.backend`` (auto = first available); returns (generator, backend)."""
+    if params.backend == "auto":
+        name = next((b for b in AUTO_BACKEND_ORDER if b in BACKENDS), None)
+        if name is None:
+            raise StartupError(f"backend:=auto found no registered backend (registered: {sorted(BACKENDS)})")
+    else:
+        name = params.backend
+        if name not in BACKENDS:
+            raise StartupError(
+                f"backend:={name} is not available in this installation (available: auto, "
+                f"{', '.join(sorted(BACKENDS))}); use backend:=eager or build the {name} export first"
+            )
+    _check_device(params.device)
+    model_dir = resolve_model_path(params.model)
+    try:
+        return BACKENDS[name](params, model_dir), name
+    except StartupError:
+        raise
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:  # CheckpointError is a RuntimeError
+        raise StartupError(f"cannot load model {str(model_dir)!r} with backend {name}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- worker
+J = TypeVar("J")
+
+
+class LatestOnlyWorker(Generic[J]):
+    """One worker thread and a one-slot mailbox: the newest job wins, no queue builds up.
+
+    ``submit`` never blocks. A job waiting in the slot when a newer one arrives is
+    replaced and passed to ``on_drop``. Job starts are spaced by at least
+    ``min_interval()`` seconds unless the job is ``urgent`` (a service request).
+    """
+
+    def __init__(self, handler: Callable[[J], None], min_interval: Callable[[], float],
+                 on_drop: Callable[[J, J], None] | None = None, name: str = "grasp-worker") -> None:
+        self._handler = handler
+        self._min_interval = min_interval
+        self._on_drop = on_drop
+        self._cond = threading.Condition()
+        self._slot: Optional[tuple[J, bool]] = None
+        self._stopping = False
+        self._busy = False
+        self._last_start = -math.inf
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, job: J, urgent: bool = False) -> bool:
+        """Put ``job`` in the slot; returns True if it replaced a waiting job."""
+        with self._cond:
+            if self._stopping:
+                return False
+            replaced = self._slot
+            if replaced is not None:
+                self.dropped += 1
+                urgent = urgent or replaced[1]
+            self._slot = (job, urgent)
+            self._cond.notify_all()
+        if replaced is not None and self._on_drop is not None:
+            self._on_drop(replaced[0], job)
+        return replaced is not None
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until nothing is running or waiting (for tests and shutdown)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._busy or self._slot is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+    def stop(self, timeout: float = 5.0) -> Optional[J]:
+        """Stop the thread (after the running job, up to ``timeout``); returns the job left waiting, if any."""
+        with self._cond:
+            self._stopping = True
+            pending, self._slot = self._slot, None
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+        return pending[0] if pending is not None else None
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping:
+                    if self._slot is not None:
+                        wait = self._last_start + self._min_interval() - time.monotonic()
+                        if self._slot[1] or wait <= 0:
+                            break
+                        self._cond.wait(wait)
+                    else:
+                        self._cond.wait()
+                if self._stopping:
+                    return
+                job = self._slot[0]  # type: ignore[index]
+                self._slot = None
+                self._busy = True
+                self._last_start = time.monotonic()
+            try:
+                self._handler(job)
+            except Exception:  # noqa: BLE001 - the worker must outlive any job
+                traceback.print_exc()
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+
+# --------------------------------------------------------------------------- jobs and stats
+@dataclass
+class _Reply:
+    """A waiting ~/generate call: filled by the worker, awaited by the service callback."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    success: bool = False
+    message: str = ""
+
+    def finish(self, success: bool, message: str) -> None:
+        self.success, self.message = success, message
+        self.done.set()
+
+
+@dataclass
+class _Job:
+    header: Header
+    points: np.ndarray  # [N, 3] float32, input frame
+    received: float  # time.monotonic() at arrival
+    replies: list[_Reply] = field(default_factory=list)
+
+
+@dataclass
+class _Stats:
+    clouds_received: int = 0
+    bad_clouds: int = 0
+    generation_errors: int = 0
+    generations: int = 0
+    last_error: str = ""
+    last_error_time: float = -math.inf
+    last_success_time: float = -math.inf
+    latency_ms: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    inference_ms: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    done_times: deque = field(default_factory=lambda: deque(maxlen=1000))
+
+
+def _percentile(values: Sequence[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if len(values) else float("nan")
+
+
+def warm_up_cloud(params: GraspNodeParameters, seed: int = 0) -> np.ndarray:
+    """A ball-shaped object cloud that survives the node's own crops and point count (warm-up input).
+
+    Radius 4 cm, shrunk to fit inside ``crop_box`` / ``crop_radius``; centred in the crop box,
+    else 0.5 m in front of an optical-frame camera.
+    """
+    radius, centre = 0.04, np.array([0.0, 0.0, 0.5])
+    if params.crop_box:
+        lo, hi = np.array(params.crop_box[:3]), np.array(params.crop_box[3:])
+        centre, radius = (lo + hi) / 2, min(radius, 0.4 * float((hi - lo).min()))
+    if params.crop_radius > 0:
+        radius = min(radius, 0.5 * params.crop_radius)
+    n = max(2048, 2 * params.min_points)
+    directions = np.random.default_rng(seed).normal(size=(n, 3))
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    return (centre + radius * directions).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- node
+class GraspGeneratorNode(Node):
+    """See the module docstring. ``generator_factory`` replaces the backend lookup (tests, embedding)."""
+
+    def __init__(self, *, generator_factory: Callable[[GraspNodeParameters], GeneratorLike] | None = None,
+                 node_name: str = NODE_NAME, **node_kwargs: Any) -> None:
+        super().__init__(node_name, **node_kwargs)
+        self._worker: Optional[LatestOnlyWorker[_Job]] = None
+        self._stats = _Stats()
+        self._stats_lock = threading.Lock()
+        self._latest: Optional[_Job] = None
+        self._latest_lock = threading.Lock()
+        try:
+            declare_parameters(self, GraspNodeParameters)
+            self.params = read_parameters(self, GraspNodeParameters)  # raises ParameterError
+            self._sampling: SamplingSettings = self.params.sampling
+            if generator_factory is not None:
+                self.generator, self.backend = generator_factory(self.params), "custom"
+            else:
+                self.generator, self.backend = create_generator(self.params)
+            self._flexion_axes = self._rest_flexion_axes()
+            self._warm_up()
+        except BaseException:
+            self.destroy_node()  # no half-built node left in the context
+            raise
+
+        reliable = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        self._pub_markers = self.create_publisher(MarkerArray, "grasps/markers", reliable)
+        self._pub_wrists = self.create_publisher(PoseArray, "grasps/wrist_poses", reliable)
+        self._pub_keypoints = self.create_publisher(PoseArray, "grasps/keypoints", reliable)
+        self._pub_mano = self.create_publisher(Float32MultiArray, "grasps/mano", reliable)
+        self._pub_joints = self.create_publisher(JointState, "grasps/joint_states", reliable)
+        self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        self._worker = LatestOnlyWorker(self._process, self._min_interval, on_drop=self._on_drop)
+        cloud_qos = qos_profile_sensor_data if self.params.qos == "sensor_data" else reliable
+        self._sub = self.create_subscription(PointCloud2, "points", self._on_cloud, cloud_qos)
+        # The service waits for its generation: its own group lets clouds and diagnostics
+        # keep flowing on a multi-threaded executor meanwhile.
+        self._srv = self.create_service(Trigger, "~/generate", self._on_generate,
+                                        callback_group=MutuallyExclusiveCallbackGroup())
+        self._diag_timer = self.create_timer(1.0, self._publish_diagnostics,
+                                             callback_group=MutuallyExclusiveCallbackGroup())
+        self.add_on_set_parameters_callback(self._validate_update)
+        self.add_post_set_parameters_callback(self._apply_update)
+        self._started = time.monotonic()
+        self.get_logger().info(
+            f"ready: backend={self.backend}, model={self.params.model}, device={self.params.device}, "
+            f"mode={self.params.mode}, listening on {self._sub.topic_name}")
+
+    # ------------------------------------------------------------------ start-up helpers
+    def _rest_flexion_axes(self) -> np.ndarray:
+        """Flexion axes from the generator's hand at rest (fallback: +z, MANO's finger flexion axis)."""
+        hand = getattr(self.generator, "hand", None)
+        try:
+            rest = hand.rest().joints[0]  # type: ignore[union-attr]
+            return messages.flexion_axes(_np(rest))
+        except Exception:  # noqa: BLE001 - any hand-like object without rest(): fall back
+            self.get_logger().warning("generator exposes no hand model: joint_states use nominal +z flexion axes")
+            return np.tile(np.array([0.0, 0.0, 1.0]), (15, 1))
+
+    def _warm_up(self) -> None:
+        """One generation on a synthetic cloud so the first real cloud does not pay for lazy set-up."""
+        t0 = time.perf_counter()
+        try:
+            self._generate(warm_up_cloud(self.params), self._sampling)
+        except CloudError as exc:  # our synthetic input was refused, the model itself is fine
+            self.get_logger().warning(f"warm-up skipped: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - a model that cannot run must not start
+            raise StartupError(f"warm-up generation failed: {type(exc).__name__}: {exc}") from exc
+        self.get_logger().info(f"warm-up generation took {1e3 * (time.perf_counter() - t0):.0f} ms")
+
+    # ------------------------------------------------------------------ inference
+    def _generate(self, points: np.ndarray, settings: SamplingSettings) -> Any:
+        """Only the worker thread (and the warm-up before it starts) calls the generator."""
+        if hasattr(self.generator, "refine"):
+            self.generator.refine = settings.refine
+        return self.generator.generate(points, settings.num_grasps, temperature=settings.temperature,
+                                       top_k=settings.top_k_or_none, seed=settings.seed_or_none)
+
+    def _min_interval(self) -> float:
+        rate = self._sampling.max_rate_hz
+        return 0.0 if rate <= 0 else 1.0 / rate
+
+    def _process(self, job: _Job) -> None:
+        """Worker thread: generate for one cloud, publish, record stats, answer waiting service calls."""
+        settings = self._sampling
+        t0 = time.monotonic()
+        try:
+            grasps = self._generate(job.points, settings)
+            t1 = time.monotonic()
+            self._publish(job.header, grasps)
+        except CloudError as exc:  # a bad cloud, not a broken node
+            self._record_error(f"bad cloud: {exc}", bad_cloud=True)
+            for reply in job.replies:
+                reply.finish(False, f"bad cloud: {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - keep serving; report it
+            self._record_error(f"generation failed: {type(exc).__name__}: {exc}", bad_cloud=False)
+            for reply in job.replies:
+                reply.finish(False, f"generation failed: {type(exc).__name__}: {exc}")
+            return
+        done = time.monotonic()
+        with self._stats_lock:
+            self._stats.generations += 1
+            self._stats.inference_ms.append(1e3 * (t1 - t0))
+            self._stats.latency_ms.append(1e3 * (done - job.received))
+            self._stats.done_times.append(done)
+            self._stats.last_success_time = done
+        for reply in job.replies:
+            reply.finish(True, f"published {len(_np(grasps.scores))} grasps in {1e3 * (done - t0):.0f} ms "
+                               f"(frame {job.header.frame_id!r})")
+
+    def _publish(self, header: Header, grasps: Any) -> None:
+        """Cheap messages first; the meshes (~55 ms for 8 grasps) only when someone listens."""
+        params = _np(grasps.params)
+        self._pub_wrists.publish(messages.wrist_poses_message(header, params, grasps.joints))
+        self._pub_keypoints.publish(messages.keypoints_message(header, grasps.keypoints))
+        self._pub_mano.publish(messages.mano_message(params))
+        self._pub_joints.publish(messages.joint_state_message(
+            header, params[0, messages.HAND_POSE], self._flexion_axes))
+        if self._pub_markers.get_subscription_count() > 0:
+            self._pub_markers.publish(messages.grasp_markers(header, grasps.vertices, grasps.faces, grasps.keypoints))
+
+    def _record_error(self, text: str, bad_cloud: bool) -> None:
+        with self._stats_lock:
+            if bad_cloud:
+                self._stats.bad_clouds += 1
+            else:
+                self._stats.generation_errors += 1
+            self._stats.last_error = text
+            self._stats.last_error_time = time.monotonic()
+        if bad_cloud:  # rclpy throttles per call site, and a call site must keep one severity
+            self.get_logger().warning(text, throttle_duration_sec=WARN_THROTTLE_S)
+        else:
+            self.get_logger().error(text, throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _on_drop(self, old: _Job, new: _Job) -> None:
+        new.replies.extend(old.replies)  # a waiting service call gets the newer cloud's result
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_cloud(self, msg: PointCloud2) -> None:
+        received = time.monotonic()
+        with self._stats_lock:
+            self._stats.clouds_received += 1
+        try:
+            points = read_xyz(msg)
+        except (ValueError, TypeError) as exc:
+            self._record_error(f"bad cloud: malformed PointCloud2: {exc}", bad_cloud=True)
+            return
+        finite = int(np.isfinite(points).all(axis=1).sum())
+        if finite < self.params.min_points:
+            self._record_error(
+                f"bad cloud: {finite} finite points of {len(points)} < min_points {self.params.min_points}",
+                bad_cloud=True)
+            return
+        job = _Job(header=msg.header, points=points, received=received)
+        with self._latest_lock:
+            self._latest = job
+        if self.params.mode == "continuous":
+            self._worker.submit(job)
+
+    def _on_generate(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._latest_lock:
+            latest = self._latest
+        if latest is None:
+            response.success = False
+            response.message = f"no valid point cloud received yet on {self._sub.topic_name}"
+            return response
+        reply = _Reply()
+        job = _Job(header=latest.header, points=latest.points, received=time.monotonic(), replies=[reply])
+        self._worker.submit(job, urgent=True)
+        if not reply.done.wait(SERVICE_TIMEOUT_S):
+            response.success = False
+            response.message = f"generation did not finish within {SERVICE_TIMEOUT_S:.0f} s"
+            return response
+        response.success, response.message = reply.success, reply.message
+        return response
+
+    def _validate_update(self, params: list[Parameter]) -> SetParametersResult:
+        dynamic = dynamic_parameter_names(GraspNodeParameters)
+        for p in params:
+            if p.name not in dynamic:
+                continue  # read-only ones are refused by rclpy itself; unknown ones are not ours
+            try:
+                check_update(GraspNodeParameters, p.name, p.value)
+            except ParameterError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+        return SetParametersResult(successful=True)
+
+    def _apply_update(self, params: list[Parameter]) -> None:
+        dynamic = dynamic_parameter_names(GraspNodeParameters)
+        changes = {p.name: check_update(GraspNodeParameters, p.name, p.value) for p in params if p.name in dynamic}
+        if changes:
+            self._sampling = replace(self._sampling, **changes)  # one atomic swap; the worker reads a snapshot
+            self.params = replace(self.params, **changes)
+            self.get_logger().info("updated " + ", ".join(f"{k}={v}" for k, v in changes.items()))
+
+    # ------------------------------------------------------------------ diagnostics
+    def diagnostics_snapshot(self) -> messages.DiagnosticsSnapshot:
+        now = time.monotonic()
+        with self._stats_lock:
+            s = self._stats
+            recent = [t for t in s.done_times if t > now - RATE_WINDOW_S]
+            window = min(RATE_WINDOW_S, max(now - self._started, 1e-3))
+            failing = s.last_error_time > s.last_success_time
+            values = {
+                "backend": self.backend,
+                "model": self.params.model,
+                "device": self.params.device,
+                "mode": self.params.mode,
+                "num_grasps": self._sampling.num_grasps,
+                "latency_p50_ms": _percentile(s.latency_ms, 50),
+                "latency_p95_ms": _percentile(s.latency_ms, 95),
+                "inference_p50_ms": _percentile(s.inference_ms, 50),
+                "inference_p95_ms": _percentile(s.inference_ms, 95),
+                "rate_hz": len(recent) / window,
+                "clouds_received": s.clouds_received,
+                "clouds_dropped": self._worker.dropped,
+                "bad_clouds": s.bad_clouds,
+                "generation_errors": s.generation_errors,
+                "generations": s.generations,
+                "last_error": s.last_error or "none",
+            }
+            if failing:
+                level, message = DiagnosticStatus.WARN, s.last_error
+            elif s.generations == 0:
+                level, message = DiagnosticStatus.OK, f"waiting for clouds on {self._sub.topic_name}"
+            else:
+                level, message = DiagnosticStatus.OK, f"{s.generations} generations"
+        return messages.DiagnosticsSnapshot(
+            name=f"{self.get_name()}: grasp generation", hardware_id=self.params.device,
+            level=level[0] if isinstance(level, bytes) else int(level), message=message, values=values)
+
+    def _publish_diagnostics(self) -> None:
+        self._pub_diag.publish(messages.diagnostics_message(self.get_clock().now().to_msg(),
+                                                            self.diagnostics_snapshot()))
+
+    # ------------------------------------------------------------------ lifecycle
+    def wait_idle(self, timeout: float) -> bool:
+        """True once no generation is running or waiting (tests)."""
+        return self._worker is None or self._worker.wait_idle(timeout)
+
+    def destroy_node(self) -> None:
+        if self._worker is not None:
+            pending = self._worker.stop()
+            for reply in pending.replies if pending is not None else ():
+                reply.finish(False, "the node is shutting down")
+        super().destroy_node()
+
+
+def _np(x: Any) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def main(args: Sequence[str] | None = None) -> int:
+    """Console entry point: ``grasp_generator --ros-args -p model:=/path/to/ckpt``."""
+    rclpy.init(args=list(args) if args is not None else sys.argv)
+    logger = rclpy.logging.get_logger(NODE_NAME)
+    try:
+        node = GraspGeneratorNode()
+    except (ParameterError, StartupError) as exc:
+        logger.fatal(str(exc))
+        rclpy.try_shutdown()
+        return 2
+    executor = MultiThreadedExecutor(num_threads=3)
+    executor.add_node(node)
+    try:
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

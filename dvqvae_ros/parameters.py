@@ -1,0 +1,313 @@
+"""Every ROS parameter of the package's nodes, declared in one place.
+
+Each node's parameters are one frozen dataclass. A field's metadata carries its
+description, whether it may change at run time (``dynamic``), and a checker
+that turns a raw ROS value into a clean Python value or raises ``ValueError``
+with a message a user can act on. The same table drives declaration (with
+descriptors, so ``ros2 param describe`` explains each one), start-up validation
+(all problems reported at once) and validation of run-time updates.
+
+Parameters are declared with ``dynamic_typing`` so that ``-p temperature:=1``
+(an integer) is accepted for a float parameter and a wrong type gets our clear
+message instead of rclpy's "Wrong parameter type, expected '3' got '2'".
+Parameters that are not ``dynamic`` are declared read-only.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+
+__all__ = [
+    "BACKEND_CHOICES",
+    "FakeCameraParameters",
+    "GraspNodeParameters",
+    "ParameterError",
+    "SamplingSettings",
+    "check_parameters",
+    "check_update",
+    "declare_parameters",
+    "dynamic_parameter_names",
+    "read_parameters",
+]
+
+BACKEND_CHOICES = ("auto", "eager", "torchscript", "onnx", "tensorrt")
+QOS_CHOICES = ("sensor_data", "reliable")
+MODE_CHOICES = ("continuous", "on_demand")
+MAX_GRASPS = 256
+
+Checker = Callable[[Any], Any]
+P = TypeVar("P")
+
+
+class ParameterError(ValueError):
+    """Raised when one or more parameter values are invalid; the message lists each one."""
+
+
+# --------------------------------------------------------------------------- checkers
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(lo: int, hi: int | None = None, note: str = "") -> Checker:
+    span = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+
+    def check(value: Any) -> int:
+        ok = _is_number(value) and float(value).is_integer()
+        if ok:
+            value = int(value)
+            ok = value >= lo and (hi is None or value <= hi)
+        if not ok:
+            raise ValueError(f"must be an integer {span}{note}, got {value!r}")
+        return value
+
+    return check
+
+
+def _real(lo: float, hi: float | None = None, *, lo_open: bool = False, note: str = "") -> Checker:
+    left = ">" if lo_open else ">="
+    span = f"{left} {lo}" + (f" and <= {hi}" if hi is not None else "")
+
+    def check(value: Any) -> float:
+        ok = _is_number(value) and math.isfinite(float(value))
+        if ok:
+            value = float(value)
+            ok = (value > lo if lo_open else value >= lo) and (hi is None or value <= hi)
+        if not ok:
+            raise ValueError(f"must be a number {span}{note}, got {value!r}")
+        return value
+
+    return check
+
+
+def _finite() -> Checker:
+    def check(value: Any) -> float:
+        if not (_is_number(value) and math.isfinite(float(value))):
+            raise ValueError(f"must be a finite number, got {value!r}")
+        return float(value)
+
+    return check
+
+
+def _choice(options: Sequence[str]) -> Checker:
+    def check(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"must be one of {', '.join(options)}; got {value!r}")
+        return value
+
+    return check
+
+
+def _text(what: str) -> Checker:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"must be a non-empty string ({what}), got {value!r}")
+        return value.strip()
+
+    return check
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"must be true or false, got {value!r}")
+    return value
+
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
+
+
+def _device(value: Any) -> str:
+    if not isinstance(value, str) or not _DEVICE.match(value):
+        raise ValueError(f"must be 'cpu', 'cuda' or 'cuda:N', got {value!r}")
+    return value
+
+
+def _crop_box(value: Any) -> tuple[float, ...]:
+    """Empty (no crop) or [x_min, y_min, z_min, x_max, y_max, z_max] in the cloud frame."""
+    if isinstance(value, (bytes, str)) or not (value is None or hasattr(value, "__len__")):
+        raise ValueError(f"must be empty or 6 numbers [x_min, y_min, z_min, x_max, y_max, z_max], got {value!r}")
+    if value is None or len(value) == 0:  # an empty YAML list arrives as None
+        return ()
+    vals = list(value)
+    if len(vals) != 6 or not all(_is_number(v) and math.isfinite(float(v)) for v in vals):
+        raise ValueError(f"must be empty or 6 finite numbers [x_min, y_min, z_min, x_max, y_max, z_max], got {vals!r}")
+    box = tuple(float(v) for v in vals)
+    if not all(box[i] < box[i + 3] for i in range(3)):
+        raise ValueError(f"needs x_min < x_max, y_min < y_max, z_min < z_max, got {list(box)!r}")
+    return box
+
+
+def _param(default: Any, description: str, check: Checker, *, dynamic: bool = False) -> Any:
+    meta = {"description": description, "check": check, "dynamic": dynamic}
+    if isinstance(default, (list, tuple)):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --------------------------------------------------------------------------- nodes
+@dataclass(frozen=True)
+class GraspNodeParameters:
+    """Parameters of the ``grasp_generator`` node (dynamic ones may change while running)."""
+
+    model: str = _param(
+        "default",
+        "'default' (the bundled checkpoint in dvqvae_model/assets/default_model/) or a checkpoint directory",
+        _text("'default' or a checkpoint directory"))
+    hand_model: str = _param(
+        "standin", "'standin' (bundled open hand) or a path to MANO_RIGHT.pkl",
+        _text("'standin' or a path to MANO_RIGHT.pkl"))
+    backend: str = _param(
+        "auto", "inference backend: " + " | ".join(BACKEND_CHOICES) + " (auto picks the best available)",
+        _choice(BACKEND_CHOICES))
+    device: str = _param("cpu", "torch device: cpu | cuda | cuda:N", _device)
+    num_grasps: int = _param(8, f"grasps generated per cloud, 1..{MAX_GRASPS}", _integer(1, MAX_GRASPS),
+                             dynamic=True)
+    temperature: float = _param(1.0, "prior sampling temperature (0 = most likely tokens), 0..10",
+                                _real(0.0, 10.0), dynamic=True)
+    top_k: int = _param(0, "sample hand tokens among the k most likely codes (0 = all)",
+                        _integer(0, 65536, " (0 = off)"), dynamic=True)
+    seed: int = _param(-1, "sampling seed; -1 draws a fresh seed for every cloud",
+                       _integer(-1, 2**31 - 1, " (-1 = random)"), dynamic=True)
+    points_per_object: int = _param(
+        0, "points sampled from each cloud for the encoders (0 = the model's own count)",
+        lambda v: _zero_or_range(v, 64, 100_000))
+    crop_box: tuple = _param(
+        (), "keep points inside [x_min, y_min, z_min, x_max, y_max, z_max] (cloud frame, metres); empty = off",
+        _crop_box)
+    crop_radius: float = _param(0.0, "keep points within this distance (m) of the cloud's median; 0 = off",
+                                _real(0.0, 100.0))
+    min_points: int = _param(64, "clouds with fewer valid points are rejected (>= 64)", _integer(64, 100_000))
+    max_rate_hz: float = _param(2.0, "at most this many generations per second (0 = unlimited)",
+                                _real(0.0, 1000.0), dynamic=True)
+    refine: bool = _param(False, "refine grasps against the object after sampling", _boolean, dynamic=True)
+    qos: str = _param("sensor_data", "QoS of the cloud subscription: sensor_data (best effort) | reliable",
+                      _choice(QOS_CHOICES))
+    mode: str = _param("continuous", "continuous: every cloud (newest wins); on_demand: only on ~/generate",
+                       _choice(MODE_CHOICES))
+
+    @property
+    def sampling(self) -> "SamplingSettings":
+        return SamplingSettings(num_grasps=self.num_grasps, temperature=self.temperature, top_k=self.top_k,
+                                seed=self.seed, refine=self.refine, max_rate_hz=self.max_rate_hz)
+
+
+def _zero_or_range(value: Any, lo: int, hi: int) -> int:
+    if _is_number(value) and float(value).is_integer() and (int(value) == 0 or lo <= int(value) <= hi):
+        return int(value)
+    raise ValueError(f"must be 0 (model default) or an integer in [{lo}, {hi}], got {value!r}")
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """The run-time adjustable part of ``GraspNodeParameters``, swapped atomically on updates."""
+
+    num_grasps: int
+    temperature: float
+    top_k: int
+    seed: int
+    refine: bool
+    max_rate_hz: float
+
+    @property
+    def top_k_or_none(self) -> int | None:
+        return self.top_k if self.top_k > 0 else None
+
+    @property
+    def seed_or_none(self) -> int | None:
+        return self.seed if self.seed >= 0 else None
+
+
+@dataclass(frozen=True)
+class FakeCameraParameters:
+    """Parameters of the ``fake_depth_camera`` node (all read-only after start-up)."""
+
+    object: str = _param("mug", "bundled sample object name (mug, box, bottle, ball) or a mesh file path",
+                         _text("sample object name or mesh path"))
+    distance: float = _param(0.5, "camera distance from the object centre (m)", _real(0.05, 10.0))
+    azimuth_deg: float = _param(30.0, "camera azimuth about the world z axis (degrees)", _finite())
+    elevation_deg: float = _param(35.0, "camera elevation above the xy plane (degrees, -89..89)",
+                                  _real(-89.0, 89.0))
+    noise: float = _param(
+        1.0, "depth noise scale: 1 = RealSense-like sigma(z) = 1 mm + 1.9 mm * (z / 1 m)^2, 0 = noise-free",
+        _real(0.0, 20.0))
+    table: bool = _param(True, "render a table top under the object and segment it away", _boolean)
+    width: int = _param(640, "image width (pixels)", _integer(16, 4096))
+    height: int = _param(480, "image height (pixels)", _integer(16, 4096))
+    fov_deg: float = _param(79.5, "horizontal field of view (degrees; 79.5 = RealSense D435 depth)",
+                            _real(1.0, 170.0, lo_open=True))
+    frame_id: str = _param("camera_depth_optical_frame", "frame of the published cloud",
+                           _text("frame id"))
+    rate_hz: float = _param(2.0, "publishing rate (Hz)", _real(0.0, 100.0, lo_open=True))
+    seed: int = _param(0, "noise seed (deterministic stream of clouds)", _integer(0, 2**31 - 1))
+
+
+# --------------------------------------------------------------------------- functions
+def _fields(cls: type) -> tuple[dataclasses.Field, ...]:
+    return dataclasses.fields(cls)
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory()  # type: ignore[misc]
+
+
+def dynamic_parameter_names(cls: type) -> frozenset[str]:
+    """Names of the parameters that may change while the node runs."""
+    return frozenset(f.name for f in _fields(cls) if f.metadata["dynamic"])
+
+
+def check_parameters(cls: type[P], values: Mapping[str, Any], node_name: str = "node") -> P:
+    """Validate raw values (missing ones take defaults) into ``cls``; raise ``ParameterError`` listing all problems."""
+    known = {f.name for f in _fields(cls)}
+    errors = [f"  - {name}: unknown parameter" for name in values if name not in known]
+    clean: dict[str, Any] = {}
+    for f in _fields(cls):
+        raw = values.get(f.name, _default(f))
+        try:
+            clean[f.name] = f.metadata["check"](raw)
+        except ValueError as exc:
+            errors.append(f"  - {f.name}: {exc}")
+    if errors:
+        raise ParameterError(f"invalid parameters for {node_name}:\n" + "\n".join(errors))
+    return cls(**clean)
+
+
+def check_update(cls: type, name: str, value: Any) -> Any:
+    """Validate one run-time update; raise ``ParameterError`` if invalid or not changeable at run time."""
+    fields_by_name = {f.name: f for f in _fields(cls)}
+    if name not in fields_by_name:
+        raise ParameterError(f"{name}: unknown parameter")
+    f = fields_by_name[name]
+    if not f.metadata["dynamic"]:
+        raise ParameterError(f"{name}: read-only after start-up (restart the node to change it)")
+    try:
+        return f.metadata["check"](value)
+    except ValueError as exc:
+        raise ParameterError(f"{name}: {exc}") from None
+
+
+def _ros_default(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def declare_parameters(node: Any, cls: type) -> None:
+    """Declare every field of ``cls`` on ``node`` (read-only unless dynamic), with its description."""
+    from rcl_interfaces.msg import ParameterDescriptor  # ROS import kept local: the checkers stay ROS-free
+
+    for f in _fields(cls):
+        descriptor = ParameterDescriptor(
+            name=f.name,
+            description=f.metadata["description"],
+            read_only=not f.metadata["dynamic"],
+            dynamic_typing=True,
+        )
+        node.declare_parameter(f.name, _ros_default(_default(f)), descriptor)
+
+
+def read_parameters(node: Any, cls: type[P]) -> P:
+    """Read the declared parameters of ``cls`` from ``node`` and validate them all at once."""
+    values = {f.name: node.get_parameter(f.name).value for f in _fields(cls)}
+    return check_parameters(cls, values, node_name=f"node '{node.get_name()}'")

@@ -1,0 +1,562 @@
+"""The grasp_generator node over real DDS: outputs, on-demand service, bad clouds, reconfiguration.
+
+Most tests run the node with a real ``GraspGenerator`` built from an untrained compact DVQ-VAE
+checkpoint written to a temporary directory; a small fake generator is used where timing must
+be controlled (newest-cloud-wins) or a failure injected. Everything runs in a private rclpy
+context on its own ROS domain with localhost discovery, so parallel suites do not interfere.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import rclpy
+import torch
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseArray
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import JointState, PointCloud2, PointField
+from scipy.spatial.transform import Rotation
+from std_msgs.msg import Float32MultiArray, Header
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
+
+from dvqvae_model.checkpoint import save_checkpoint
+from dvqvae_model.config import preset
+from dvqvae_model.dvqvae import DVQVAE
+from dvqvae_model.hand_model import load_hand_model
+from dvqvae_model.preprocess import CloudError
+from dvqvae_model.prior import GatedPixelCNNPrior
+from dvqvae_ros import grasp_node
+from dvqvae_ros.grasp_node import GraspGeneratorNode, LatestOnlyWorker, StartupError
+from dvqvae_ros.parameters import ParameterError
+from dvqvae_ros.point_cloud import create_cloud, create_cloud_xyz32
+
+DOMAIN_ID = 77  # unique per test module
+REPO = Path(__file__).resolve().parent.parent
+WAIT_S = 10.0
+TOPICS = {
+    "markers": ("grasps/markers", MarkerArray),
+    "wrists": ("grasps/wrist_poses", PoseArray),
+    "keypoints": ("grasps/keypoints", PoseArray),
+    "mano": ("grasps/mano", Float32MultiArray),
+    "joints": ("grasps/joint_states", JointState),
+}
+
+
+# --------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def ctx():
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    context = Context()
+    rclpy.init(context=context, domain_id=DOMAIN_ID)
+    yield context
+    rclpy.try_shutdown(context=context)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """An untrained compact DVQ-VAE + prior, saved like a trained one."""
+    torch.manual_seed(0)
+    hand = load_hand_model("standin")
+    model_cfg, prior_cfg, _ = preset("compact")
+    model, prior = DVQVAE(model_cfg, hand).eval(), GatedPixelCNNPrior(prior_cfg).eval()
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "dvqvae", model, prior, kind="dvqvae",
+                           model_config=model_cfg, prior_config=prior_cfg, hand_fingerprint=hand.fingerprint)
+
+
+def box_cloud(n: int = 1500, seed: int = 0, centre=(0.0, 0.05, 0.55)) -> np.ndarray:
+    """Points on the surface of a 6 x 8 x 12 cm box in front of the camera."""
+    rng = np.random.default_rng(seed)
+    half = np.array([0.03, 0.04, 0.06])
+    pts = rng.uniform(-half, half, size=(n, 3))
+    axis = rng.integers(0, 3, size=n)
+    pts[np.arange(n), axis] = np.where(rng.random(n) < 0.5, -1, 1) * half[axis]
+    return (pts + np.asarray(centre)).astype(np.float32)
+
+
+def header(sec: int, frame: str = "camera_depth_optical_frame", nanosec: int = 0) -> Header:
+    h = Header(frame_id=frame)
+    h.stamp.sec, h.stamp.nanosec = sec, nanosec
+    return h
+
+
+class FakeGenerator:
+    """Returns GraspSet-like results from random arrays; optional delay and injected failures."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.delay = delay
+        self.calls: list[dict[str, Any]] = []
+        self.fail_with: Exception | None = None
+        self.hand = SimpleNamespace(rest=lambda: SimpleNamespace(joints=load_hand_model("standin").rest().joints))
+
+    def generate(self, points, num_grasps, *, temperature=1.0, top_k=None, seed=None):
+        self.calls.append(dict(first=float(points[0, 0]), n=num_grasps, temperature=temperature, top_k=top_k,
+                               seed=seed))
+        time.sleep(self.delay)
+        if self.fail_with is not None:
+            raise self.fail_with
+        rng = np.random.default_rng(len(self.calls))
+        k = num_grasps
+        return SimpleNamespace(params=rng.normal(size=(k, 61)).astype(np.float32),
+                               vertices=rng.normal(size=(k, 778, 3)).astype(np.float32),
+                               keypoints=rng.normal(size=(k, 21, 3)).astype(np.float32),
+                               joints=rng.normal(size=(k, 16, 3)).astype(np.float32),
+                               scores=np.sort(rng.normal(size=k))[::-1].copy(),
+                               faces=np.zeros((10, 3), dtype=np.int64))
+
+
+class Harness:
+    """The node under test + a peer node (publisher, subscribers, service client) on one executor."""
+
+    def __init__(self, ctx: Context, params: dict[str, Any], generator_factory: Callable | None = None,
+                 markers: bool = True) -> None:
+        self.ns = f"/t{uuid.uuid4().hex[:8]}"
+        overrides = [Parameter(k, value=v) for k, v in params.items()]
+        self.node = GraspGeneratorNode(context=ctx, namespace=self.ns, parameter_overrides=overrides,
+                                       generator_factory=generator_factory)
+        self.peer = Node("peer", context=ctx, namespace=self.ns)
+        self.inbox: dict[str, list] = {key: [] for key in TOPICS}
+        self.inbox["diagnostics"] = []
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        for key, (topic, kind) in TOPICS.items():
+            if key == "markers" and not markers:
+                continue
+            self.peer.create_subscription(kind, topic, self.inbox[key].append, reliable)
+        self.peer.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.pub = self.peer.create_publisher(PointCloud2, "points", reliable)
+        self.client = self.peer.create_client(Trigger, f"{self.ns}/grasp_generator/generate")
+        self.spinner = Spinner(ctx, self.node, self.peer)
+        expected = len(TOPICS) - (0 if markers else 1)
+        assert wait_for(lambda: self.pub.get_subscription_count() >= 1
+                        and sum(p.get_subscription_count() for p in self._outputs()) >= expected), "no DDS match"
+
+    def _outputs(self):
+        n = self.node
+        return [n._pub_markers, n._pub_wrists, n._pub_keypoints, n._pub_mano, n._pub_joints]
+
+    def _on_diag(self, msg: DiagnosticArray) -> None:
+        for status in msg.status:
+            if status.name.startswith(self.node.get_name()) and self.node.params.model in {
+                    kv.value for kv in status.values}:
+                self.inbox["diagnostics"].append({kv.key: kv.value for kv in status.values} | {
+                    "_level": status.level, "_message": status.message})
+
+    def send(self, points: np.ndarray | PointCloud2, hdr: Header | None = None) -> None:
+        msg = points if isinstance(points, PointCloud2) else create_cloud_xyz32(hdr or header(1), points)
+        self.pub.publish(msg)
+
+    def call_generate(self, timeout: float = WAIT_S) -> Trigger.Response:
+        assert self.client.wait_for_service(timeout_sec=timeout)
+        future = self.client.call_async(Trigger.Request())
+        done = threading.Event()
+        future.add_done_callback(lambda _: done.set())
+        assert done.wait(timeout), "service call timed out"
+        return future.result()
+
+    def close(self) -> None:
+        self.spinner.close()
+
+
+class Spinner:
+    """Spin nodes on a background executor and stop without racing rclpy's executor shutdown.
+
+    The loop of short spin_once calls ends before ``shutdown``; in-flight callbacks get a moment to
+    finish, so none touches the executor's guard condition after shutdown destroyed it.
+    """
+
+    def __init__(self, ctx: Context, *nodes: Node) -> None:
+        self.nodes, self.ctx = nodes, ctx
+        self.executor = MultiThreadedExecutor(num_threads=3, context=ctx)
+        for n in nodes:
+            self.executor.add_node(n)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        while not self.stop.is_set() and self.ctx.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5.0)
+        time.sleep(0.1)
+        self.executor.shutdown(timeout_sec=2.0)
+        for n in self.nodes:
+            n.destroy_node()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return predicate()
+
+
+@pytest.fixture
+def harness(ctx):
+    made: list[Harness] = []
+
+    def make(params: dict[str, Any], **kwargs: Any) -> Harness:
+        h = Harness(ctx, params, **kwargs)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+# --------------------------------------------------------------------------- tests
+def test_cloud_yields_every_output(harness, checkpoint) -> None:
+    h = harness({"model": str(checkpoint), "num_grasps": 5, "max_rate_hz": 0.0, "qos": "reliable"})
+    cloud = box_cloud()
+    h.send(cloud, header(42, "cam_test", 7))
+    assert wait_for(lambda: all(h.inbox[k] for k in TOPICS)), {k: len(v) for k, v in h.inbox.items()}
+    k, faces = 5, h.node.generator.faces
+
+    for key in ("wrists", "keypoints", "joints"):
+        hdr = h.inbox[key][0].header
+        assert (hdr.frame_id, hdr.stamp.sec, hdr.stamp.nanosec) == ("cam_test", 42, 7), key
+
+    markers = h.inbox["markers"][0].markers
+    assert markers[0].action == Marker.DELETEALL
+    meshes = [m for m in markers if m.ns == "hand_mesh"]
+    spheres = [m for m in markers if m.ns == "keypoints"]
+    assert len(meshes) == k and len(spheres) == k
+    for m in meshes + spheres:
+        assert (m.header.frame_id, m.header.stamp.sec) == ("cam_test", 42)
+    assert all(m.type == Marker.TRIANGLE_LIST and len(m.points) == 3 * len(faces) for m in meshes)
+    assert all(m.type == Marker.SPHERE_LIST and len(m.points) == 21 for m in spheres)
+
+    wrists = h.inbox["wrists"][0].poses
+    mano = h.inbox["mano"][0]
+    assert [d.label for d in mano.layout.dim][0] == "grasp" and mano.layout.dim[1].label.startswith("param:")
+    params = np.asarray(mano.data, dtype=np.float32).reshape(mano.layout.dim[0].size, mano.layout.dim[1].size)
+    assert params.shape == (k, 61) and len(wrists) == k
+    for pose, p in zip(wrists, params):
+        q = [pose.orientation.x, pose.orientation.y, pose.orientation.z, pose.orientation.w]
+        assert np.allclose(Rotation.from_quat(q).as_rotvec(), Rotation.from_rotvec(p[10:13]).as_rotvec(), atol=1e-4)
+    keypoints = np.array([[q.position.x, q.position.y, q.position.z] for q in h.inbox["keypoints"][0].poses])
+    assert keypoints.shape == (k * 21, 3) and np.all(np.isfinite(keypoints))
+    wrist_pos = np.array([[w.position.x, w.position.y, w.position.z] for w in wrists])
+    assert np.allclose(keypoints.reshape(k, 21, 3)[:, 0], wrist_pos, atol=1e-5)  # keypoint 0 is the wrist
+    # the generator maps results back to the input frame: the hands sit around the cloud, not at the origin
+    assert np.linalg.norm(keypoints.mean(axis=0) - cloud.mean(axis=0)) < 0.5
+
+    js = h.inbox["joints"][0]
+    assert len(js.name) == 15 and js.name[0] == "index_mcp" and js.name[-1] == "thumb_ip"
+    assert len(js.position) == 15 and np.all(np.isfinite(js.position))
+
+    assert wait_for(lambda: any(d["generations"] == "1" for d in h.inbox["diagnostics"]), 3.0)
+    diag = [d for d in h.inbox["diagnostics"] if d["generations"] == "1"][-1]
+    assert diag["backend"] == "eager" and diag["clouds_received"] == "1" and diag["bad_clouds"] == "0"
+    assert float(diag["latency_p50_ms"]) > 0 and float(diag["latency_p95_ms"]) >= float(diag["latency_p50_ms"])
+    assert {"rate_hz", "clouds_dropped", "last_error", "inference_p50_ms"} <= diag.keys()
+
+
+def test_markers_skipped_without_subscribers(harness, checkpoint) -> None:
+    h = harness({"model": str(checkpoint), "max_rate_hz": 0.0, "qos": "reliable"}, markers=False)
+    h.send(box_cloud())
+    assert wait_for(lambda: len(h.inbox["wrists"]) == 1 and len(h.inbox["joints"]) == 1)
+    assert h.node._pub_markers.get_subscription_count() == 0
+
+
+def test_on_demand_service(harness, checkpoint) -> None:
+    h = harness({"model": str(checkpoint), "mode": "on_demand", "num_grasps": 3, "qos": "reliable"})
+    reply = h.call_generate()
+    assert not reply.success and "no valid point cloud" in reply.message
+    h.send(box_cloud(), header(7))
+    assert wait_for(lambda: h.node._latest is not None)
+    time.sleep(0.3)
+    assert not h.inbox["wrists"], "on_demand must not generate without a request"
+    reply = h.call_generate()
+    assert reply.success, reply.message
+    assert "3 grasps" in reply.message
+    assert wait_for(lambda: len(h.inbox["wrists"]) == 1)
+    assert len(h.inbox["wrists"][0].poses) == 3 and h.inbox["wrists"][0].header.stamp.sec == 7
+    assert h.call_generate().success  # again on the same kept cloud
+    assert wait_for(lambda: len(h.inbox["wrists"]) == 2)
+
+
+def test_bad_clouds_are_counted_and_survived(harness, checkpoint) -> None:
+    h = harness({"model": str(checkpoint), "max_rate_hz": 0.0, "qos": "reliable"})
+    no_z = create_cloud(header(1), [PointField(name=c, offset=4 * i, datatype=PointField.FLOAT32, count=1)
+                                    for i, c in enumerate("xy")], np.zeros((100, 2), np.float32))
+    truncated = create_cloud_xyz32(header(2), box_cloud(200))
+    truncated.data = truncated.data[:-7]
+    all_nan = np.full((500, 3), np.nan, np.float32)
+    too_few = box_cloud(20)
+    degenerate = np.tile(np.array([[0.0, 0.0, 0.5]], np.float32), (300, 1))  # passes the count, fails preprocessing
+    for bad in (no_z, truncated, all_nan, too_few, degenerate):
+        h.send(bad)
+    assert wait_for(lambda: h.node.diagnostics_snapshot().values["bad_clouds"] == 5), h.node.diagnostics_snapshot()
+    snap = h.node.diagnostics_snapshot()
+    assert snap.level == 1 and "bad cloud" in snap.message and snap.values["last_error"] != "none"
+    h.send(box_cloud(), header(99))
+    assert wait_for(lambda: len(h.inbox["wrists"]) == 1), "the node must keep working after bad clouds"
+    assert h.inbox["wrists"][0].header.stamp.sec == 99
+    assert wait_for(lambda: h.node.diagnostics_snapshot().values["generations"] == 1)
+    snap = h.node.diagnostics_snapshot()
+    assert snap.level == 0 and snap.values["clouds_received"] == 6 and snap.values["generations"] == 1
+    assert wait_for(lambda: any(d["bad_clouds"] == "5" for d in h.inbox["diagnostics"]), 3.0)
+
+
+def test_input_options_reach_the_generator(harness, checkpoint) -> None:
+    box = [-0.1, -0.1, 0.4, 0.1, 0.15, 0.7]
+    h = harness({"model": str(checkpoint), "max_rate_hz": 0.0, "qos": "reliable", "points_per_object": 1024,
+                 "crop_box": box, "crop_radius": 0.3, "min_points": 100})
+    gen = h.node.generator
+    assert gen.num_points == 1024
+    assert gen.prepare_kwargs["crop_box"] == tuple(box) and gen.prepare_kwargs["crop_radius"] == 0.3
+    assert gen.prepare_kwargs["min_points"] == 100
+    clutter = np.random.default_rng(1).uniform(-1.0, 1.0, size=(400, 3)).astype(np.float32) + [0, 0, 2.0]
+    h.send(np.concatenate([box_cloud(), clutter]), header(1))  # the crop keeps the object only
+    assert wait_for(lambda: len(h.inbox["wrists"]) == 1)
+    h.send(clutter, header(2))  # nothing inside the crop box
+    assert wait_for(lambda: h.node.diagnostics_snapshot().values["bad_clouds"] == 1)
+    assert "crop_box" in h.node.diagnostics_snapshot().values["last_error"]
+
+
+@pytest.mark.parametrize("crop", [dict(crop_box=[1.0, 1.0, 1.0, 1.05, 1.1, 1.2]), dict(crop_radius=0.03),
+                                  dict(min_points=5000)])
+def test_warm_up_cloud_passes_the_node_crops(crop) -> None:
+    from dvqvae_model.preprocess import prepare_cloud
+    from dvqvae_ros.parameters import GraspNodeParameters, check_parameters
+
+    params = check_parameters(GraspNodeParameters, crop)
+    cloud = grasp_node.warm_up_cloud(params)
+    prepared = prepare_cloud(cloud, 3000, min_points=params.min_points, **{
+        k: v for k, v in grasp_node.generator_options(params).items() if k in ("crop_box", "crop_radius")})
+    assert prepared.num_valid == len(cloud)
+
+
+def test_generator_failure_is_reported_not_fatal(harness) -> None:
+    fake = FakeGenerator()
+    h = harness({"model": "unused", "max_rate_hz": 0.0, "qos": "reliable", "mode": "on_demand"},
+                generator_factory=lambda p: fake)
+    h.send(box_cloud())
+    assert wait_for(lambda: h.node._latest is not None)
+    fake.fail_with = RuntimeError("out of memory")
+    reply = h.call_generate()
+    assert not reply.success and "RuntimeError: out of memory" in reply.message
+    assert h.node.diagnostics_snapshot().values["generation_errors"] == 1
+    fake.fail_with = CloudError("too few valid points")
+    reply = h.call_generate()
+    assert not reply.success and "bad cloud" in reply.message
+    fake.fail_with = None
+    assert h.call_generate().success
+
+
+def test_dynamic_reconfiguration(harness, checkpoint) -> None:
+    h = harness({"model": str(checkpoint), "max_rate_hz": 0.0, "qos": "reliable"})
+    node = h.node
+    ok = node.set_parameters([Parameter("num_grasps", value=3), Parameter("seed", value=11),
+                              Parameter("temperature", value=0.5), Parameter("top_k", value=4)])
+    assert all(r.successful for r in ok)
+    assert node._sampling.num_grasps == 3 and node._sampling.top_k_or_none == 4 and node._sampling.seed == 11
+    for sec in (1, 2):
+        h.send(box_cloud(seed=5), header(sec))
+        assert wait_for(lambda: len(h.inbox["mano"]) == sec)
+    a, b = (np.asarray(m.data) for m in h.inbox["mano"])
+    assert a.size == 3 * 61 and np.array_equal(a, b), "a fixed seed must give the same grasps for the same cloud"
+
+    bad = {
+        "num_grasps": (0, "num_grasps: must be an integer in [1, 256], got 0"),
+        "temperature": ("hot", "temperature: must be a number"),
+        "max_rate_hz": (-1.0, "max_rate_hz"),
+        "seed": (-2, "seed"),
+    }
+    for name, (value, reason) in bad.items():
+        (result,) = node.set_parameters([Parameter(name, value=value)])
+        assert not result.successful and reason in result.reason, (name, result.reason)
+    (result,) = node.set_parameters([Parameter("model", value="/elsewhere")])
+    assert not result.successful and "read-only" in result.reason
+    assert node._sampling.num_grasps == 3 and node.get_parameter("num_grasps").value == 3  # unchanged
+
+    (result,) = node.set_parameters([Parameter("refine", value=True)])
+    assert result.successful and node._sampling.refine
+    h.send(box_cloud(seed=5), header(3))
+    assert wait_for(lambda: len(h.inbox["mano"]) == 3)
+    assert node.generator.refine is True
+
+
+def test_newest_cloud_wins_while_busy(harness) -> None:
+    fake = FakeGenerator(delay=0.4)
+    h = harness({"model": "unused", "max_rate_hz": 0.0, "qos": "reliable"}, generator_factory=lambda p: fake)
+    fake.calls.clear()  # drop the warm-up call
+    for sec in range(1, 7):
+        h.send(box_cloud(seed=sec, centre=(sec, 0.0, 0.5)), header(sec))
+        time.sleep(0.03)
+    assert wait_for(lambda: h.node.diagnostics_snapshot().values["clouds_received"] == 6)
+    assert h.node.wait_idle(5.0)
+    snap = h.node.diagnostics_snapshot().values
+    assert snap["generations"] == len(fake.calls) < 6
+    assert snap["clouds_dropped"] == 6 - len(fake.calls) >= 3
+    assert wait_for(lambda: len(h.inbox["wrists"]) == len(fake.calls))
+    assert h.inbox["wrists"][-1].header.stamp.sec == 6, "the newest cloud must be the last one processed"
+    assert round(fake.calls[-1]["first"]) == 6
+
+
+def test_rate_limit(harness) -> None:
+    fake = FakeGenerator()
+    h = harness({"model": "unused", "max_rate_hz": 4.0, "qos": "reliable"}, generator_factory=lambda p: fake)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 1.2:
+        h.send(box_cloud(200))
+        time.sleep(0.02)
+    assert h.node.wait_idle(2.0)
+    gens = h.node.diagnostics_snapshot().values["generations"]
+    assert 3 <= gens <= 7, gens  # ~4 Hz over ~1.2 s (+ the pending one), not ~60
+    assert h.node.diagnostics_snapshot().values["clouds_dropped"] > 20
+
+
+def test_latest_only_worker_unit() -> None:
+    started: list[tuple[int, float]] = []
+    gate = threading.Event()
+
+    def handler(job: int) -> None:
+        started.append((job, time.monotonic()))
+        gate.wait(2.0)
+
+    dropped: list[tuple[int, int]] = []
+    worker: LatestOnlyWorker[int] = LatestOnlyWorker(handler, lambda: 0.0, on_drop=lambda a, b: dropped.append((a, b)))
+    try:
+        worker.submit(1)
+        assert wait_for(lambda: len(started) == 1, 2.0)
+        assert worker.submit(2) is False and worker.submit(3) is True and worker.submit(4) is True
+        assert worker.dropped == 2 and dropped == [(2, 3), (3, 4)]
+        gate.set()
+        assert worker.wait_idle(2.0)
+        assert [j for j, _ in started] == [1, 4]
+    finally:
+        worker.stop()
+
+    interval = 0.3
+    starts: list[float] = []
+    worker = LatestOnlyWorker(lambda job: starts.append(time.monotonic()), lambda: interval)
+    try:
+        for i in range(30):
+            worker.submit(i)
+            time.sleep(0.01)
+        assert worker.wait_idle(2.0)
+        gaps = np.diff(starts)
+        assert len(starts) >= 2 and np.all(gaps >= interval - 0.01), gaps
+        t = time.monotonic()
+        worker.submit(99, urgent=True)  # a service request skips the rate limit
+        assert worker.wait_idle(1.0) and starts[-1] - t < interval / 2
+    finally:
+        worker.stop()
+    assert not worker._thread.is_alive()
+
+
+def test_startup_errors_are_clear(ctx, checkpoint, monkeypatch) -> None:
+    def make(**params: Any) -> None:
+        node = GraspGeneratorNode(context=ctx, namespace=f"/s{uuid.uuid4().hex[:6]}",
+                                  parameter_overrides=[Parameter(k, value=v) for k, v in params.items()])
+        node.destroy_node()
+        raise AssertionError("the node should not have started")
+
+    with pytest.raises(ParameterError) as err:
+        make(num_grasps=0, backend="warp")
+    assert "num_grasps: must be an integer in [1, 256], got 0" in str(err.value) and "backend" in str(err.value)
+
+    monkeypatch.setattr(grasp_node, "DEFAULT_MODEL_DIR", checkpoint.parent / "no_default_model")
+    with pytest.raises(StartupError, match=r"model:=default.*-p model:=/path/to/checkpoint"):
+        make()
+    with pytest.raises(StartupError, match="backend:=onnx is not available"):
+        make(model=str(checkpoint), backend="onnx")
+    with pytest.raises(StartupError, match="not a directory"):
+        make(model=str(checkpoint / "missing"))
+    with pytest.raises(StartupError, match="cannot load model"):
+        make(model=str(checkpoint.parent))  # a directory, but not a checkpoint
+    if not torch.cuda.is_available():
+        with pytest.raises(StartupError, match="CUDA is not available"):
+            make(model=str(checkpoint), device="cuda")
+
+
+def test_backend_hook(ctx, checkpoint, monkeypatch) -> None:
+    """A registered backend is used by name, and by auto when it ranks first."""
+    seen: list[str] = []
+
+    def toy_backend(params, model_dir):
+        seen.append(str(model_dir))
+        return FakeGenerator()
+
+    monkeypatch.setattr(grasp_node, "BACKENDS", dict(grasp_node.BACKENDS))
+    grasp_node.register_backend("onnx", toy_backend)
+    for backend in ("onnx", "auto"):
+        node = GraspGeneratorNode(context=ctx, namespace=f"/b{uuid.uuid4().hex[:6]}",
+                                  parameter_overrides=[Parameter("model", value=str(checkpoint)),
+                                                       Parameter("backend", value=backend)])
+        try:
+            assert node.backend == "onnx"
+        finally:
+            node.destroy_node()
+    assert seen == [str(checkpoint)] * 2
+
+
+def test_cross_process(ctx, checkpoint) -> None:
+    """``python -m dvqvae_ros.grasp_node --ros-args ...`` in a subprocess, driven over DDS."""
+    ns = f"/x{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "dvqvae_ros.grasp_node", "--ros-args", "-r", f"__ns:={ns}",
+           "-p", f"model:={checkpoint}", "-p", "num_grasps:=4", "-p", "qos:=reliable"]
+    proc = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peer = Node("xp_peer", context=ctx, namespace=ns)
+    got: list[PoseArray] = []
+    peer.create_subscription(PoseArray, "grasps/wrist_poses", got.append, 10)
+    pub = peer.create_publisher(PointCloud2, "points", 10)
+    spinner = Spinner(ctx, peer)
+    try:
+        deadline = time.monotonic() + 30.0
+        while not got and time.monotonic() < deadline and proc.poll() is None:
+            if pub.get_subscription_count() > 0:
+                pub.publish(create_cloud_xyz32(header(5, "xp_frame"), box_cloud()))
+            time.sleep(0.25)
+        assert got, f"no grasps from the subprocess node; output:\n{_drain(proc)}"
+        assert got[0].header.frame_id == "xp_frame" and len(got[0].poses) == 4
+        proc.send_signal(2)  # SIGINT: clean shutdown
+        assert proc.wait(timeout=10) == 0, _drain(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+        spinner.close()
+
+
+def test_cross_process_bad_parameters_exit_clearly() -> None:
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "dvqvae_ros.grasp_node", "--ros-args", "-p", "num_grasps:=0",
+           "-p", "mode:=sometimes"]
+    out = subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    text = out.stdout + out.stderr
+    assert "num_grasps: must be an integer in [1, 256], got 0" in text and "mode: must be one of" in text
+
+
+def _drain(proc: subprocess.Popen) -> str:
+    if proc.poll() is None:
+        proc.kill()
+    try:
+        return proc.communicate(timeout=5)[0] or ""
+    except Exception:  # noqa: BLE001
+        return ""
