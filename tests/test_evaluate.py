@@ -1,0 +1,109 @@
+"""Evaluation protocol on two tiny objects: all Table-1 metrics, sane ranges, consistent with metrics.py."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dvqvae_model.hand_model import load_hand_model
+from dvqvae_training.eval_cli import main as eval_main
+from dvqvae_training.evaluate import EvalConfig, ModelSpec, evaluate, markdown_table, objects_from_dataset, write_report
+from dvqvae_training.metrics import ObjectGeometry, penetration_volumes_cm3
+from dvqvae_training.train import PriorTrainConfig, TrainConfig, train_all, train_cvae
+from test_train import write_toy_dataset  # the toy dataset maker lives with the training tests
+
+NUM_POINTS = 128
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def hand():
+    return load_hand_model("standin")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, hand) -> tuple[Path, Path, Path]:
+    """(dataset, DVQ-VAE + prior checkpoint, GraspCVAE checkpoint) after one short epoch each."""
+    tmp = tmp_path_factory.mktemp("eval")
+    root = write_toy_dataset(tmp / "data", hand, grasps=3,
+                             objects={"train": (("box", 0), ("sphere", 2)), "val": (("box", 3),),
+                                      "test": (("cylinder", 4), ("box", 5))})
+    common = dict(data_dir=str(root), out_dir=str(tmp / "run"), num_points=NUM_POINTS, epochs=1, progress=False)
+    train_all(TrainConfig(batch_size=3, **common), PriorTrainConfig(batch_size=6, token_views=1, **common), hand=hand)
+    cvae = train_cvae(TrainConfig(batch_size=3, **common), hand=hand).checkpoint
+    return root, tmp / "run" / "checkpoint", cvae
+
+
+def test_model_spec_parsing():
+    assert ModelSpec.parse("DVQ=out/ck") == ModelSpec("DVQ", "out/ck", False)
+    assert ModelSpec.parse("DVQ+r=out/ck,refine") == ModelSpec("DVQ+r", "out/ck", True)
+    assert ModelSpec.parse("out/ck") == ModelSpec("ck", "out/ck", False)
+    assert ModelSpec.parse("data") == ModelSpec("data", None, False)
+    with pytest.raises(ValueError):
+        ModelSpec.parse("x=")
+
+
+def test_protocol_on_two_objects(trained, hand, tmp_path):
+    root, dvq, cvae = trained
+    objects = objects_from_dataset(root, "test")
+    assert len(objects) == 2 and all(o.mesh.is_watertight for o in objects)
+    cfg = EvalConfig(num_grasps=4, pitch_mm=5.0, simulate=True, vhacd_cache=str(tmp_path / "vhacd"), progress=False)
+    specs = [ModelSpec("DVQ-VAE", str(dvq)), ModelSpec("GraspCVAE", str(cvae)), ModelSpec.parse("data")]
+    report = evaluate(specs, objects, cfg, hand=hand)
+
+    for m in report["models"]:
+        s = m["summary"]
+        assert s["num_objects"] == 2 and s["num_grasps"] == (8 if m["label"] != "data" else 6)
+        assert 0.0 <= s["contact_ratio_pct"] <= 100.0
+        assert 0.0 <= s["penetration_cm3"] < 2000.0  # at most a hand's volume
+        assert 0.0 <= s["displacement_cm"] < 1000.0 and math.isfinite(s["displacement_cm"])
+        assert 0.0 <= s["entropy"] <= math.log(20) + 1e-9 and s["cluster_size"] >= 0.0
+        assert 0.0 <= s["entropy_keypoints"] <= math.log(20) + 1e-9
+        assert s["quality_index"] == pytest.approx(0.301 * s["penetration_cm3"] + 0.699 * s["displacement_cm"])
+        assert s["pitch_mm"] == 5.0 and len(m["objects"]) == 2
+        if m["label"] == "data":
+            assert "time_per_batch_s" not in s
+        else:
+            assert 0.0 < s["time_per_batch_s"] < 30.0
+
+    # the dataset row equals the metric computed directly on the stored grasps
+    obj = objects[0]
+    with torch.no_grad():
+        verts = hand.from_params(torch.from_numpy(obj.gt_params[:4])).vertices.numpy()
+    direct = penetration_volumes_cm3(verts, hand.sealed_faces.numpy(), ObjectGeometry(obj.mesh), 0.005).mean()
+    data_row = next(m for m in report["models"] if m["label"] == "data")
+    assert data_row["objects"][0]["penetration_cm3"] == pytest.approx(direct)
+    assert data_row["summary"]["contact_ratio_pct"] == 100.0  # toy hands sit 1.5 cm off the surface, fingers closed
+
+    table = markdown_table(report)
+    assert all(label in table for label in ("DVQ-VAE", "GraspCVAE", "data")) and "pitch 5.0 mm" in table
+    jpath, mpath = write_report(report, tmp_path / "out")
+    assert json.loads(jpath.read_text())["models"][0]["label"] == "DVQ-VAE" and mpath.read_text().count("|") > 30
+
+
+def test_eval_cli_on_a_mesh_folder(trained, tmp_path, capsys):
+    root, dvq, _ = trained
+    folder = tmp_path / "meshes"
+    folder.mkdir()
+    for o in objects_from_dataset(root, "test"):
+        o.mesh.export(folder / f"{o.name}.stl")
+    code = eval_main(["--meshes", str(folder), "--units", "m", "--model", f"DVQ={dvq}", "--num-grasps", "3",
+                      "--pitch-mm", "5", "--no-sim", "--num-points", "500", "--out", str(tmp_path / "out"),
+                      "--no-progress"])
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len(report["objects"]) == 2 and "displacement_cm" not in report["models"][0]["summary"]
+    assert "| DVQ |" in capsys.readouterr().out
+    assert eval_main(["--meshes", str(folder), "--model", "data", "--out", str(tmp_path / "o2")]) == 2
+    assert np.isfinite(report["models"][0]["summary"]["penetration_cm3"])

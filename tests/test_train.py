@@ -1,0 +1,263 @@
+"""Training loops: loss goes down, kill-and-resume equals an uninterrupted run, time budget, prior splits,
+the final checkpoint generates. Everything on a tiny procedural dataset written here."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial.transform import Rotation
+
+from dvqvae_model.generator import GraspGenerator
+from dvqvae_model.hand_model import load_hand_model
+from dvqvae_model.hand_poses import named_pose
+from dvqvae_training.dataset_format import DatasetReader, DatasetWriter, sample_surface
+from dvqvae_training.objects import make_object, recipe_from_seed
+from dvqvae_training.train import (
+    EXIT_RESUMABLE,
+    EpochBatchSampler,
+    PriorTrainConfig,
+    TrainConfig,
+    load_training_state,
+    lr_at,
+    read_training_state,
+    train_dvqvae,
+    train_prior,
+)
+from dvqvae_training.train_cli import main as train_main
+
+NUM_POINTS = 128
+
+
+# =============================================================================== toy data (also used by test_evaluate)
+
+
+def toy_grasps(hand, points: np.ndarray, normals: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` hands in a grasp-like pose, palm facing the object 1.5 cm off a random surface point."""
+    meta = hand.meta
+    with torch.no_grad():
+        rest = hand.rest()
+    v = rest.vertices[0].double().numpy()
+    j0 = rest.joints[0, 0].double().numpy()
+    palm = v[np.asarray(meta.part_ids) == 5].mean(0)
+    pose = named_pose(meta, "grasp")
+    out = np.zeros((count, 61))
+    for k in range(count):
+        i = rng.integers(len(points))
+        p, n = points[i].astype(np.float64), normals[i].astype(np.float64)
+        n /= np.linalg.norm(n)
+        align, _ = Rotation.align_vectors([n], [[0.0, 1.0, 0.0]])  # palm normal is -y in the hand frame
+        R = (Rotation.from_rotvec(n * rng.uniform(-np.pi, np.pi)) * align).as_matrix()
+        out[k, 10:13] = Rotation.from_matrix(R).as_rotvec()
+        out[k, 13:58] = pose + rng.normal(scale=0.05, size=45)
+        out[k, 58:61] = p + 0.015 * n - j0 - R @ (palm - j0)
+    return out.astype(np.float32)
+
+
+DEFAULT_OBJECTS = {"train": (("box", 0), ("cylinder", 1), ("sphere", 2)), "val": (("box", 3),),
+                   "test": (("cylinder", 4), ("box", 5))}
+
+
+def write_toy_dataset(root: Path, hand, *, num_points: int = 256, grasps: int = 4, objects=None, seed: int = 0) -> Path:
+    """A dataset with explicit per-object splits (default: 3 train, 1 val, 2 test objects)."""
+    rng = np.random.default_rng(seed)
+    with DatasetWriter(root, generator_version="toy", hand_fingerprint=hand.fingerprint, num_points=num_points) as w:
+        for split, items in (objects or DEFAULT_OBJECTS).items():
+            for family, s in items:
+                recipe = recipe_from_seed(family, s)
+                mesh = make_object(recipe)
+                pts, nrm = sample_surface(mesh, num_points, seed=s)
+                w.add_object(recipe.object_id, pts, nrm, {"recipe": recipe.to_dict()},
+                             toy_grasps(hand, pts, nrm, grasps, rng), split=split)
+    return Path(root)
+
+
+# =============================================================================== fixtures
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two shared cores: more torch threads than one only add contention."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def hand():
+    return load_hand_model("standin")
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory, hand) -> Path:
+    return write_toy_dataset(tmp_path_factory.mktemp("toy"), hand)
+
+
+def cfg(root: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(data_dir=str(root), out_dir=str(out), num_points=NUM_POINTS, batch_size=4, epochs=3, progress=False,
+                log_every_steps=1, save_every_steps=0)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def step_records(path: Path) -> list[dict]:
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r["kind"] == "step"]
+
+
+# =============================================================================== tests
+
+
+def test_lr_schedule_is_the_papers_scaled_to_epochs():
+    c = TrainConfig(epochs=200)
+    lrs = {e: lr_at(c, e) for e in (0, 59, 60, 119, 120, 160, 180, 199)}
+    assert lrs == {0: 1e-4, 59: 1e-4, 60: 5e-5, 119: 5e-5, 120: 2.5e-5, 160: 1.25e-5, 180: 6.25e-6, 199: 6.25e-6}
+    assert lr_at(PriorTrainConfig(), 99) == 3e-4
+
+
+def test_batch_sampler_is_seeded_per_epoch_and_skips_on_resume():
+    s = EpochBatchSampler(10, 3, seed=1)
+    s.set_epoch(0)
+    a = list(s)
+    assert len(a) == 3 and all(len(b) == 3 for b in a) and len({i for b in a for i in b}) == 9
+    s.set_epoch(0, skip=1)
+    assert list(s) == a[1:] and len(s) == 2
+    s.set_epoch(1)
+    assert list(s) != a
+    assert list(EpochBatchSampler(2, 4, 0)) != []  # smaller than one batch: one batch of everything
+
+
+def test_a_few_steps_decrease_the_loss(data_root, hand, tmp_path):
+    losses: list[float] = []
+    # one batch of all 12 training grasps, no augmentation: every step sees the same data
+    c = cfg(data_root, tmp_path, epochs=12, batch_size=12, lr=2e-3, lr_milestones=(), rotate=False)
+    res = train_dvqvae(c, hand=hand, on_step=lambda loop, step, stats: losses.append(stats["loss"]))
+    assert res.finished and res.step == 12 and len(losses) == 12
+    assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]) and max(losses[-3:]) < min(losses[:3]), losses
+    assert res.metrics["vertex_err_mm"] > 0 and 0.0 <= res.metrics["contact_ratio"] <= 1.0
+
+
+def test_kill_and_resume_equals_uninterrupted_run(data_root, hand, tmp_path):
+    # 12 training grasps, batch 4: 3 steps per epoch, so the resumed part crosses an epoch end (validation).
+    straight = train_dvqvae(cfg(data_root, tmp_path / "a", max_steps=4), hand=hand)
+    assert straight.stop_reason == "max_steps" and straight.step == 4 and not straight.finished
+
+    def crash(loop, step, stats):
+        if step == 3:
+            raise RuntimeError("simulated kill")
+
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        train_dvqvae(cfg(data_root, tmp_path / "b", save_every_steps=2), hand=hand, on_step=crash)
+    assert read_training_state(tmp_path / "b" / "dvqvae" / "state")["step"] == 2  # what survived the kill
+    torch.manual_seed(12345)  # the resumed run must restore every RNG itself
+    np.random.seed(7)
+    resumed = train_dvqvae(cfg(data_root, tmp_path / "b", save_every_steps=2, resume=True, max_steps=4), hand=hand)
+    assert resumed.step == 4 and resumed.epoch == 1
+
+    ta, ma = load_training_state(tmp_path / "a" / "dvqvae" / "state")
+    tb, mb = load_training_state(tmp_path / "b" / "dvqvae" / "state")
+    assert set(ta) == set(tb)
+    assert any(k.startswith("optim.") for k in ta) and any(k.endswith("hand_codebook._recent") for k in ta)
+    for k in ta:
+        torch.testing.assert_close(tb[k], ta[k], rtol=0, atol=1e-6, msg=lambda m: f"{k}: {m}")
+    assert (ma["epoch"], ma["batch_in_epoch"]) == (mb["epoch"], mb["batch_in_epoch"]) == (1, 1)
+    # the log of the resumed run is the uninterrupted one: no duplicated or missing steps
+    la, lb = step_records(straight.log_path), step_records(resumed.log_path)
+    assert [r["step"] for r in lb] == [1, 2, 3, 4]
+    np.testing.assert_allclose([r["loss"] for r in lb], [r["loss"] for r in la], rtol=1e-6)
+
+
+def test_time_budget_stops_cleanly_and_resumes(data_root, hand, tmp_path):
+    c = cfg(data_root, tmp_path, epochs=2, max_minutes=1e-9)
+    first = train_dvqvae(c, hand=hand)
+    assert first.stop_reason == "time_budget" and first.step == 0 and first.checkpoint is None
+
+    def budget_runs_out(loop, step, stats):
+        if step == 2:
+            loop.deadline = 0.0  # as if the wall clock passed the budget now
+
+    second = train_dvqvae(cfg(data_root, tmp_path, epochs=2, resume=True), hand=hand, on_step=budget_runs_out)
+    assert second.stop_reason == "time_budget" and second.step == 2 and not second.finished
+    assert read_training_state(second.state_dir)["batch_in_epoch"] == 2
+    files = sorted(p.name for p in second.state_dir.iterdir())
+    assert len(files) == 2 and files[1] == "state.json" and files[0].endswith(".safetensors")
+
+    final = train_dvqvae(cfg(data_root, tmp_path, epochs=2, resume=True), hand=hand)
+    assert final.finished and final.step == 6 and (final.checkpoint / "config.json").is_file()
+    assert [r["step"] for r in step_records(final.log_path)] == [1, 2, 3, 4, 5, 6]
+    epochs = [json.loads(x) for x in final.log_path.read_text().splitlines() if '"kind": "epoch"' in x]
+    assert [e["epoch"] for e in epochs] == [1, 2]
+    assert (tmp_path / "dvqvae" / "log.csv").read_text().count("\n") == 3  # header + 2 epochs
+
+
+def test_sigterm_saves_a_resumable_state(data_root, hand, tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+
+    def terminate(loop, step, stats):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # e.g. `kill <pid>` or a job scheduler's preemption
+
+    res = train_dvqvae(cfg(data_root, tmp_path, epochs=1), hand=hand, on_step=terminate)
+    assert res.stop_reason == "signal" and res.step == 1 and read_training_state(res.state_dir)["step"] == 1
+    assert signal.getsignal(signal.SIGTERM) is before  # handlers restored
+    assert train_dvqvae(cfg(data_root, tmp_path, epochs=1, resume=True), hand=hand).finished
+
+
+def test_state_is_checked_and_never_silently_overwritten(data_root, hand, tmp_path):
+    train_dvqvae(cfg(data_root, tmp_path, max_steps=1), hand=hand)
+    with pytest.raises(FileExistsError):
+        train_dvqvae(cfg(data_root, tmp_path, max_steps=1), hand=hand)
+    with pytest.raises(ValueError, match="different settings"):
+        train_dvqvae(cfg(data_root, tmp_path, batch_size=2, resume=True), hand=hand)
+    state = tmp_path / "dvqvae" / "state"
+    tensors = state / read_training_state(state)["tensors_file"]
+    raw = bytearray(tensors.read_bytes())
+    raw[-5] ^= 0xFF
+    tensors.write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="corrupted"):
+        load_training_state(state)
+
+
+def test_all_cli_writes_a_checkpoint_that_generates(data_root, hand, tmp_path):
+    out = tmp_path / "run"
+    args = ["all", "--data", str(data_root), "--out", str(out), "--epochs", "1", "--batch-size", "4",
+            "--prior-epochs", "2", "--prior-batch-size", "8", "--token-views", "2", "--num-points", str(NUM_POINTS),
+            "--no-progress"]
+    assert train_main(args + ["--max-steps", "1"]) == EXIT_RESUMABLE
+    assert train_main(args) == 2  # a state exists: refuses to start over without --resume
+    assert train_main(args + ["--resume"]) == 0
+    gen = GraspGenerator.from_checkpoint(out / "checkpoint", hand=hand)
+    pts = DatasetReader(data_root).object(DatasetReader(data_root).object_ids("test")[0])["points"]
+    gs = gen.generate(pts, 5, seed=0)
+    assert gs.params.shape == (5, 61) and np.isfinite(gs.vertices).all()
+    meta = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert meta["hand_fingerprint"] == hand.fingerprint and meta["prior_config"] is not None
+    info = meta["data_info"]
+    assert info["dataset"] == str(data_root.resolve()) and info["num_objects"]["train"] == 3
+    assert info["prior"]["tokens"] == {"train": 2 * 12, "val": 4}
+
+    # prior: validation tokens come from the val split's objects only
+    state = read_training_state(out / "prior" / "state")
+    reader = DatasetReader(data_root)
+    assert state["train_objects"] == sorted(reader.object_ids("train"))
+    assert state["val_objects"] == sorted(reader.object_ids("val"))
+    assert train_main(args + ["--resume"]) == 0  # finished: nothing left to do
+
+
+def test_prior_holdout_is_disjoint_without_a_val_split(data_root, hand, tmp_path):
+    out = tmp_path / "run"
+    model = train_dvqvae(cfg(data_root, out, epochs=1), hand=hand).checkpoint
+    root = write_toy_dataset(tmp_path / "noval", hand, grasps=3,
+                             objects={"train": (("box", 10), ("sphere", 11), ("capsule", 12), ("cylinder", 13))})
+    pc = PriorTrainConfig(data_dir=str(root), out_dir=str(out), epochs=1, batch_size=8, token_views=1,
+                          num_points=NUM_POINTS, val_fraction=0.25, progress=False)
+    res = train_prior(pc, model_checkpoint=model, hand=hand)
+    train_ids, val_ids = set(res.info["train_objects"]), set(res.info["val_objects"])
+    assert len(val_ids) == 1 and len(train_ids) == 3 and not train_ids & val_ids
+    assert train_ids | val_ids == set(DatasetReader(root).object_ids("train"))
+    assert res.info["tokens"] == {"train": 9, "val": 3}
+    assert res.finished and np.isfinite(res.metrics["nll"])
