@@ -137,7 +137,7 @@ class PointNet(nn.Module):
             points = torch.cat([xyz, points[..., 3:]], dim=-1) if self.in_dim > 3 else xyz
         b, g, p, c = points.shape
         x = points.transpose(0, 1).reshape(g, b * p, c)  # group-major rows: one GEMM per layer
-        feat = self.mlp(x).reshape(g, b, p, self.out_dim).max(dim=2).values.transpose(0, 1)  # [B, G, C]
+        feat = self.mlp(x).reshape(g, b, p, self.out_dim).amax(dim=2).transpose(0, 1)  # [B, G, C]; amax: no index tensor
         return feat.squeeze(1) if squeeze else feat
 
 

@@ -99,7 +99,9 @@ class GraspScorer(nn.Module):
             n = fn[:, self.vertex_faces].sum(dim=2)
         else:
             b, m = vertex_ids.shape
-            around = self.vertex_faces[vertex_ids].reshape(b, -1)  # [B, M*W]
+            # Index with a flat id list: a permuted [B, M] index makes a non-viewable result in
+            # torch.export's core-ATen program for B > 1.
+            around = self.vertex_faces[vertex_ids.reshape(-1)].reshape(b, -1)  # [B, M*W]
             n = torch.gather(fn, 1, around.unsqueeze(-1).expand(-1, -1, 3)).reshape(b, m, -1, 3).sum(dim=2)
         return n / n.norm(dim=-1, keepdim=True).clamp(min=1e-12)
 
