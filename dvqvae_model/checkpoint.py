@@ -62,6 +62,23 @@ class CheckpointError(RuntimeError):
 ModelBuilder = Callable[[dict, Any], nn.Module]
 
 
+#: The checkpoint shipped with the package (``model: default``).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default_model"
+
+
+def resolve_checkpoint(spec: Union[str, Path], default_dir: Optional[Path] = None) -> Path:
+    """``"default"`` -> the bundled checkpoint, anything else -> that directory; CheckpointError if absent."""
+    if str(spec) == "default":
+        path = Path(default_dir) if default_dir is not None else DEFAULT_MODEL_DIR
+        if not (path / CONFIG_FILE).is_file():
+            raise CheckpointError(f"no bundled checkpoint at {path}")
+        return path
+    path = Path(spec).expanduser()
+    if not path.is_dir():
+        raise CheckpointError(f"{str(path)!r} is not a directory; expected a checkpoint directory with {CONFIG_FILE}")
+    return path
+
+
 def _build_dvqvae(cfg: dict, hand: Any) -> nn.Module:
     mod = importlib.import_module("dvqvae_model.dvqvae")
     return mod.DVQVAE(_config_from_dict(mod.DVQVAEConfig, cfg), hand)

@@ -18,8 +18,8 @@ Parameters are declared in ``dvqvae_ros.parameters.GraspNodeParameters``. The
 sampling ones (num_grasps, temperature, top_k, seed, refine, max_rate_hz) can be
 changed at run time; the others are read-only.
 
-Inference backends are looked up in ``BACKENDS`` (``register_backend`` plugs in
-another one, e.g. an exported TorchScript / ONNX / TensorRT sampler).
+Inference backends (eager, TorchScript, ONNX Runtime, TensorRT; ``auto`` = the
+fastest available) come from ``dvqvae_model.backends`` through ``GraspGenerator``.
 """
 from __future__ import annotations
 
@@ -27,11 +27,10 @@ import math
 import sys
 import threading
 import time
-import traceback
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Generic, Optional, Protocol, Sequence, TypeVar
+from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
 import rclpy
@@ -48,7 +47,7 @@ from std_msgs.msg import Float32MultiArray, Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
-import dvqvae_model
+from dvqvae_model.checkpoint import DEFAULT_MODEL_DIR, CheckpointError, resolve_checkpoint
 from dvqvae_model.preprocess import CloudError
 from dvqvae_ros import messages
 from dvqvae_ros.parameters import (
@@ -60,25 +59,21 @@ from dvqvae_ros.parameters import (
     dynamic_parameter_names,
     read_parameters,
 )
+from dvqvae_ros.latest_worker import LatestOnlyWorker
 from dvqvae_ros.point_cloud import read_xyz
 
 __all__ = [
-    "AUTO_BACKEND_ORDER",
-    "BACKENDS",
     "DEFAULT_MODEL_DIR",
     "GraspGeneratorNode",
-    "LatestOnlyWorker",
     "StartupError",
     "create_generator",
     "generator_options",
     "main",
-    "register_backend",
     "resolve_model_path",
     "warm_up_cloud",
 ]
 
 NODE_NAME = "grasp_generator"
-DEFAULT_MODEL_DIR = Path(dvqvae_model.__file__).resolve().parent / "assets" / "default_model"
 SERVICE_TIMEOUT_S = 60.0
 WARN_THROTTLE_S = 5.0
 STATS_WINDOW = 200  # latencies kept for p50 / p95
@@ -96,19 +91,8 @@ class GeneratorLike(Protocol):
     def generate(self, points: np.ndarray, num_grasps: int, **kwargs: Any) -> Any: ...
 
 
-BackendFactory = Callable[[GraspNodeParameters, Path], GeneratorLike]
-
-
-def _eager_backend(params: GraspNodeParameters, model_dir: Path) -> GeneratorLike:
-    """PyTorch eager inference from a checkpoint directory."""
-    from dvqvae_model.generator import GraspGenerator
-
-    return GraspGenerator.from_checkpoint(model_dir, hand=params.hand_model, device=params.device,
-                                          **generator_options(params))
-
-
 def generator_options(params: GraspNodeParameters) -> dict[str, Any]:
-    """Keyword options of ``GraspGenerator`` that come from node parameters (shared by backends)."""
+    """Keyword options of ``GraspGenerator`` that come from node parameters."""
     return {
         "num_points": params.points_per_object or None,
         "refine": params.refine,
@@ -118,32 +102,13 @@ def generator_options(params: GraspNodeParameters) -> dict[str, Any]:
     }
 
 
-#: name -> factory(params, checkpoint dir) -> generator. Exported backends register here.
-BACKENDS: dict[str, BackendFactory] = {"eager": _eager_backend}
-#: ``backend: auto`` takes the first registered name in this order.
-AUTO_BACKEND_ORDER: tuple[str, ...] = ("tensorrt", "onnx", "torchscript", "eager")
-
-
-def register_backend(name: str, factory: BackendFactory) -> None:
-    """Make ``backend:=name`` available (and a candidate for ``auto`` if listed in AUTO_BACKEND_ORDER)."""
-    BACKENDS[name] = factory
-
-
 def resolve_model_path(spec: str) -> Path:
     """``default`` -> the bundled checkpoint directory; anything else -> that directory. Raises StartupError."""
-    if spec == "default":
-        path = DEFAULT_MODEL_DIR
-        if not (path / "config.json").is_file():
-            raise StartupError(
-                f"model:=default, but no bundled checkpoint exists at {path}. Point the 'model' parameter "
-                "at a checkpoint directory (one holding config.json and model.safetensors), e.g. "
-                "--ros-args -p model:=/path/to/checkpoint"
-            )
-        return path
-    path = Path(spec).expanduser()
-    if not path.is_dir():
-        raise StartupError(f"model:={spec!r} is not a directory; expected a checkpoint directory with config.json")
-    return path
+    try:
+        return resolve_checkpoint(spec, default_dir=DEFAULT_MODEL_DIR)
+    except CheckpointError as exc:
+        raise StartupError(f"model:={spec}: {exc}. Point the 'model' parameter at a checkpoint directory, e.g. "
+                           "--ros-args -p model:=/path/to/checkpoint") from None
 
 
 def _check_device(device: str) -> None:
@@ -157,115 +122,17 @@ def _check_device(device: str) -> None:
 
 
 def create_generator(params: GraspNodeParameters) -> tuple[GeneratorLike, str]:
-    """Build the generator named by ``params.backend`` (auto = first available); returns (generator, backend)."""
-    if params.backend == "auto":
-        name = next((b for b in AUTO_BACKEND_ORDER if b in BACKENDS), None)
-        if name is None:
-            raise StartupError(f"backend:=auto found no registered backend (registered: {sorted(BACKENDS)})")
-    else:
-        name = params.backend
-        if name not in BACKENDS:
-            raise StartupError(
-                f"backend:={name} is not available in this installation (available: auto, "
-                f"{', '.join(sorted(BACKENDS))}); use backend:=eager or build the {name} export first"
-            )
+    """The generator for ``params`` on the backend it names (``auto``: the fastest available here)."""
+    from dvqvae_model.generator import GraspGenerator
+
     _check_device(params.device)
     model_dir = resolve_model_path(params.model)
     try:
-        return BACKENDS[name](params, model_dir), name
-    except StartupError:
-        raise
+        gen = GraspGenerator.from_checkpoint(model_dir, hand=params.hand_model, device=params.device,
+                                             backend=params.backend, **generator_options(params))
     except (OSError, ValueError, RuntimeError, KeyError) as exc:  # CheckpointError is a RuntimeError
-        raise StartupError(f"cannot load model {str(model_dir)!r} with backend {name}: {exc}") from exc
-
-
-# --------------------------------------------------------------------------- worker
-J = TypeVar("J")
-
-
-class LatestOnlyWorker(Generic[J]):
-    """One worker thread and a one-slot mailbox: the newest job wins, no queue builds up.
-
-    ``submit`` never blocks. A job waiting in the slot when a newer one arrives is
-    replaced and passed to ``on_drop``. Job starts are spaced by at least
-    ``min_interval()`` seconds unless the job is ``urgent`` (a service request).
-    """
-
-    def __init__(self, handler: Callable[[J], None], min_interval: Callable[[], float],
-                 on_drop: Callable[[J, J], None] | None = None, name: str = "grasp-worker") -> None:
-        self._handler = handler
-        self._min_interval = min_interval
-        self._on_drop = on_drop
-        self._cond = threading.Condition()
-        self._slot: Optional[tuple[J, bool]] = None
-        self._stopping = False
-        self._busy = False
-        self._last_start = -math.inf
-        self.dropped = 0
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def submit(self, job: J, urgent: bool = False) -> bool:
-        """Put ``job`` in the slot; returns True if it replaced a waiting job."""
-        with self._cond:
-            if self._stopping:
-                return False
-            replaced = self._slot
-            if replaced is not None:
-                self.dropped += 1
-                urgent = urgent or replaced[1]
-            self._slot = (job, urgent)
-            self._cond.notify_all()
-        if replaced is not None and self._on_drop is not None:
-            self._on_drop(replaced[0], job)
-        return replaced is not None
-
-    def wait_idle(self, timeout: float) -> bool:
-        """Block until nothing is running or waiting (for tests and shutdown)."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while self._busy or self._slot is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(left)
-        return True
-
-    def stop(self, timeout: float = 5.0) -> Optional[J]:
-        """Stop the thread (after the running job, up to ``timeout``); returns the job left waiting, if any."""
-        with self._cond:
-            self._stopping = True
-            pending, self._slot = self._slot, None
-            self._cond.notify_all()
-        if threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-        return pending[0] if pending is not None else None
-
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not self._stopping:
-                    if self._slot is not None:
-                        wait = self._last_start + self._min_interval() - time.monotonic()
-                        if self._slot[1] or wait <= 0:
-                            break
-                        self._cond.wait(wait)
-                    else:
-                        self._cond.wait()
-                if self._stopping:
-                    return
-                job = self._slot[0]  # type: ignore[index]
-                self._slot = None
-                self._busy = True
-                self._last_start = time.monotonic()
-            try:
-                self._handler(job)
-            except Exception:  # noqa: BLE001 - the worker must outlive any job
-                traceback.print_exc()
-            finally:
-                with self._cond:
-                    self._busy = False
-                    self._cond.notify_all()
+        raise StartupError(f"cannot load model {str(model_dir)!r} with backend {params.backend}: {exc}") from exc
+    return gen, str(getattr(gen, "backend_name", params.backend))
 
 
 # --------------------------------------------------------------------------- jobs and stats
