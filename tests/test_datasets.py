@@ -107,7 +107,6 @@ def test_rotation_augmentation_moves_hand_and_object_together(dataset_root, hand
         item = ds[i]
         g = _original(ds, i)
         R = item["rotation"].double().numpy()
-        c = item["center"].double().numpy()
         assert abs(np.linalg.det(R) - 1) < 1e-5 and not np.allclose(R, np.eye(3))
         # object: every output point is an original point moved by x -> R x + t - c
         # (t unknown but the same for all: recover it from the hand)

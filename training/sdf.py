@@ -70,7 +70,6 @@ def grid_signed_distance(mesh: trimesh.Trimesh, axis: np.ndarray, center: np.nda
     from scipy import ndimage
 
     n = len(axis)
-    pitch = float(axis[1] - axis[0])
     g = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3) + center
     scene = _raycasting_scene(mesh)
     inside = mesh_occupancy(mesh, g, scene=scene).reshape(n, n, n)
