@@ -75,7 +75,7 @@ class GraspGenerator:
         refine_config: Optional[RefineConfig] = None,
         score_weights: Optional[ScoreWeights] = None,
         num_score_points: int = 128,
-        sampling: str = "fps",
+        sampling: str = "voxel",
         crop_box: Optional[Sequence[float]] = None,
         crop_radius: Optional[float] = None,
         remove_outliers: bool = True,
@@ -99,6 +99,9 @@ class GraspGenerator:
             self.refine_config.steps = int(refine_steps)
         self.score_weights = score_weights or ScoreWeights()
         self.num_score_points = int(num_score_points)
+        # sampling "voxel" by default: as even as farthest-point sampling (the training clouds are
+        # area-uniform surface samples, which both approximate) at ~1/10 of its cost on 2 CPU cores
+        # (~2 ms vs ~25 ms for 6,000 -> 3,000 points), which matters for a node at camera rate.
         self.prepare_kwargs: dict[str, Any] = dict(
             crop_box=tuple(crop_box) if crop_box is not None else None,
             crop_radius=crop_radius,

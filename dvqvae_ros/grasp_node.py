@@ -7,10 +7,13 @@ A thin shell over ``dvqvae_model.generator.GraspGenerator``:
   worker has a one-slot mailbox: while it is busy the newest cloud replaces the
   waiting one (the replaced cloud is counted as dropped), and generations start
   at most ``max_rate_hz`` times a second;
-* publishes, with the input cloud's header, ``grasps/markers``,
-  ``grasps/wrist_poses``, ``grasps/keypoints``, ``grasps/mano`` and
-  ``grasps/joint_states`` (see ``dvqvae_ros.messages`` for the conventions),
-  and ``/diagnostics`` once a second;
+* publishes, with the input cloud's header, ``grasps/wrist_poses``,
+  ``grasps/keypoints``, ``grasps/mano``, ``grasps/joint_states`` and, last and
+  only while someone subscribes, ``grasps/markers`` (see ``dvqvae_ros.messages``
+  for the conventions; the meshes are written pre-serialised, ~2 ms for 8 grasps),
+  and ``/diagnostics`` once a second, with the time per stage (decode,
+  preprocess, model, postprocess, messages, publish) so the node's own overhead
+  outside the model is visible in the field;
 * ``~/generate`` (std_srvs/Trigger) generates for the latest cloud and answers
   when the grasps are published (the only trigger in ``mode: on_demand``).
 
@@ -78,6 +81,8 @@ SERVICE_TIMEOUT_S = 60.0
 WARN_THROTTLE_S = 5.0
 STATS_WINDOW = 200  # latencies kept for p50 / p95
 RATE_WINDOW_S = 10.0
+# Per-generation stages (ms), reported as <stage>_p50_ms; all but "model" are the node's overhead.
+STAGES = ("decode", "preprocess", "model", "postprocess", "messages", "publish")
 
 
 class StartupError(RuntimeError):
@@ -155,6 +160,7 @@ class _Job:
     points: np.ndarray  # [N, 3] float32, input frame
     received: float  # time.monotonic() at arrival
     replies: list[_Reply] = field(default_factory=list)
+    decode_ms: float = 0.0  # PointCloud2 -> numpy in the subscription callback
 
 
 @dataclass
@@ -168,6 +174,8 @@ class _Stats:
     last_success_time: float = -math.inf
     latency_ms: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
     inference_ms: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))
+    overhead_ms: deque = field(default_factory=lambda: deque(maxlen=STATS_WINDOW))  # all stages but the model
+    stage_ms: dict = field(default_factory=lambda: {k: deque(maxlen=STATS_WINDOW) for k in STAGES})
     done_times: deque = field(default_factory=lambda: deque(maxlen=1000))
 
 
@@ -214,6 +222,8 @@ class GraspGeneratorNode(Node):
             else:
                 self.generator, self.backend = create_generator(self.params)
             self._flexion_axes = self._rest_flexion_axes()
+            # meshes as CDR bytes written by numpy, if this middleware's encoding allows (checked once)
+            self._serialized_markers = messages.serialized_markers_supported()
             self._warm_up()
         except BaseException:
             self.destroy_node()  # no half-built node left in the context
@@ -285,7 +295,7 @@ class GraspGeneratorNode(Node):
         try:
             grasps = self._generate(job.points, settings)
             t1 = time.monotonic()
-            self._publish(job.header, grasps)
+            build_ms, publish_ms = self._publish(job.header, grasps)
         except CloudError as exc:  # a bad cloud, not a broken node
             self._record_error(f"bad cloud: {exc}", bad_cloud=True)
             for reply in job.replies:
@@ -297,9 +307,14 @@ class GraspGeneratorNode(Node):
                 reply.finish(False, f"generation failed: {type(exc).__name__}: {exc}")
             return
         done = time.monotonic()
+        stages = _stage_times(getattr(grasps, "timing", None), 1e3 * (t1 - t0))
+        stages.update(decode=job.decode_ms, messages=build_ms, publish=publish_ms)
         with self._stats_lock:
             self._stats.generations += 1
             self._stats.inference_ms.append(1e3 * (t1 - t0))
+            for name, ms in stages.items():
+                self._stats.stage_ms[name].append(ms)
+            self._stats.overhead_ms.append(sum(ms for name, ms in stages.items() if name != "model"))
             self._stats.latency_ms.append(1e3 * (done - job.received))
             self._stats.done_times.append(done)
             self._stats.last_success_time = done
@@ -307,16 +322,41 @@ class GraspGeneratorNode(Node):
             reply.finish(True, f"published {len(_np(grasps.scores))} grasps in {1e3 * (done - t0):.0f} ms "
                                f"(frame {job.header.frame_id!r})")
 
-    def _publish(self, header: Header, grasps: Any) -> None:
-        """Cheap messages first; the meshes (~55 ms for 8 grasps) only when someone listens."""
+    def _publish(self, header: Header, grasps: Any) -> tuple[float, float]:
+        """Light messages first, the meshes last and only when someone listens; -> (build ms, publish ms).
+
+        Every message is built before the first is sent, so the split between building (Python
+        objects / bytes) and publishing (serialisation + middleware) is measurable.
+        """
+        t0 = time.perf_counter()
         params = _np(grasps.params)
-        self._pub_wrists.publish(messages.wrist_poses_message(header, params, grasps.joints))
-        self._pub_keypoints.publish(messages.keypoints_message(header, grasps.keypoints))
-        self._pub_mano.publish(messages.mano_message(params))
-        self._pub_joints.publish(messages.joint_state_message(
-            header, params[0, messages.HAND_POSE], self._flexion_axes))
+        light = (
+            (self._pub_wrists, messages.wrist_poses_message(header, params, grasps.joints)),
+            (self._pub_keypoints, messages.keypoints_message(header, grasps.keypoints)),
+            (self._pub_mano, messages.mano_message(params)),
+            (self._pub_joints, messages.joint_state_message(header, params[0, messages.HAND_POSE],
+                                                            self._flexion_axes)),
+        )
+        t1 = time.perf_counter()
+        for publisher, msg in light:
+            publisher.publish(msg)
+        t2 = time.perf_counter()
+        build, send = t1 - t0, t2 - t1
         if self._pub_markers.get_subscription_count() > 0:
-            self._pub_markers.publish(messages.grasp_markers(header, grasps.vertices, grasps.faces, grasps.keypoints))
+            markers = self._markers(header, grasps)
+            t3 = time.perf_counter()
+            self._pub_markers.publish(markers)
+            build, send = build + t3 - t2, send + time.perf_counter() - t3
+        return 1e3 * build, 1e3 * send
+
+    def _markers(self, header: Header, grasps: Any) -> Any:
+        """grasps/markers as CDR bytes (numpy-written meshes) or, where unsupported, as a MarkerArray."""
+        if self._serialized_markers:
+            try:
+                return messages.serialized_grasp_markers(header, grasps.vertices, grasps.faces, grasps.keypoints)
+            except messages.SerializationUnsupported:
+                pass  # e.g. a mesh without faces: the object path handles every case
+        return messages.grasp_markers(header, grasps.vertices, grasps.faces, grasps.keypoints)
 
     def _record_error(self, text: str, bad_cloud: bool) -> None:
         with self._stats_lock:
@@ -350,7 +390,8 @@ class GraspGeneratorNode(Node):
                 f"bad cloud: {finite} finite points of {len(points)} < min_points {self.params.min_points}",
                 bad_cloud=True)
             return
-        job = _Job(header=msg.header, points=points, received=received)
+        decode_ms = 1e3 * (time.monotonic() - received)  # read_xyz + the finite-point check
+        job = _Job(header=msg.header, points=points, received=received, decode_ms=decode_ms)
         with self._latest_lock:
             self._latest = job
         if self.params.mode == "continuous":
@@ -410,6 +451,9 @@ class GraspGeneratorNode(Node):
                 "latency_p95_ms": _percentile(s.latency_ms, 95),
                 "inference_p50_ms": _percentile(s.inference_ms, 50),
                 "inference_p95_ms": _percentile(s.inference_ms, 95),
+                **{f"{name}_p50_ms": _percentile(s.stage_ms[name], 50) for name in STAGES},
+                "overhead_p50_ms": _percentile(s.overhead_ms, 50),
+                "overhead_p95_ms": _percentile(s.overhead_ms, 95),
                 "rate_hz": len(recent) / window,
                 "clouds_received": s.clouds_received,
                 "clouds_dropped": self._worker.dropped,
@@ -443,6 +487,19 @@ class GraspGeneratorNode(Node):
             for reply in pending.replies if pending is not None else ():
                 reply.finish(False, "the node is shutting down")
         super().destroy_node()
+
+
+def _stage_times(timing: Optional[dict], generate_ms: float) -> dict[str, float]:
+    """Split one ``generate`` call (ms) with the generator's own timing: preprocess / model / postprocess.
+
+    ``model`` is the sampling graph plus optional refinement; a generator without ``timing``
+    (a stand-in) counts as all model.
+    """
+    if not timing or "inference_ms" not in timing:
+        return {"preprocess": 0.0, "model": generate_ms, "postprocess": 0.0}
+    pre = float(timing.get("preprocess_ms", 0.0))
+    model = float(timing["inference_ms"]) + float(timing.get("refine_ms", 0.0))
+    return {"preprocess": pre, "model": model, "postprocess": max(0.0, generate_ms - pre - model)}
 
 
 def _np(x: Any) -> np.ndarray:

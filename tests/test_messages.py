@@ -176,3 +176,64 @@ def test_diagnostics_message() -> None:
     assert status.level == DiagnosticStatus.WARN
     assert status.name == snap.name and status.hardware_id == "cpu" and status.message == "bad cloud"
     assert {kv.key: kv.value for kv in status.values} == {"latency_p50_ms": "12.35", "bad_clouds": "2"}
+
+
+# --------------------------------------------------------------------------- fast paths == straightforward code
+def reference_markers(header: Header, vertices: np.ndarray, faces: np.ndarray, keypoints: np.ndarray):
+    """The plain implementation the fast paths must reproduce: one Point(x=, y=, z=) per mesh corner."""
+    from geometry_msgs.msg import Point
+    from std_msgs.msg import ColorRGBA
+    from visualization_msgs.msg import MarkerArray
+
+    out = MarkerArray(markers=[Marker(header=header, action=Marker.DELETEALL)])
+    count = len(vertices)
+    for rank in range(count):
+        color = m.rank_color(rank, count)
+        mesh = Marker(header=header, ns="hand_mesh", id=rank, type=Marker.TRIANGLE_LIST, action=Marker.ADD,
+                      color=color)
+        mesh.pose.orientation.w = 1.0
+        mesh.scale.x = mesh.scale.y = mesh.scale.z = 1.0
+        for face in faces:
+            for v in face:
+                x, y, z = (float(c) for c in vertices[rank][v])
+                mesh.points.append(Point(x=x, y=y, z=z))
+        spheres = Marker(header=header, ns="keypoints", id=rank, type=Marker.SPHERE_LIST, action=Marker.ADD,
+                         color=ColorRGBA(r=color.r * 0.6, g=color.g * 0.6, b=color.b * 0.6, a=1.0))
+        spheres.pose.orientation.w = 1.0
+        spheres.scale.x = spheres.scale.y = spheres.scale.z = m.KEYPOINT_SPHERE_DIAMETER
+        spheres.points = [Point(x=float(x), y=float(y), z=float(z)) for x, y, z in keypoints[rank]]
+        out.markers.append(mesh)
+        out.markers.append(spheres)
+    return out
+
+
+def test_grasp_markers_equal_the_straightforward_implementation(grasps) -> None:
+    ref = reference_markers(HEADER, grasps["vertices"], grasps["faces"], grasps["keypoints"])
+    fast = m.grasp_markers(HEADER, torch.from_numpy(grasps["vertices"]), grasps["faces"], grasps["keypoints"])
+    assert fast == ref  # field by field, every triangle corner and colour
+    point = fast.markers[1].points[7]
+    assert type(point.x) is float and point._check_fields == type(point)()._check_fields
+
+
+def test_serialized_markers_decode_to_the_same_message(grasps) -> None:
+    from rclpy.serialization import deserialize_message, serialize_message
+    from visualization_msgs.msg import MarkerArray
+
+    assert m.serialized_markers_supported()  # plain CDR with the bundled rmw
+    raw = m.serialized_grasp_markers(HEADER, grasps["vertices"], grasps["faces"], grasps["keypoints"])
+    assert isinstance(raw, bytes)
+    ref = reference_markers(HEADER, grasps["vertices"], grasps["faces"], grasps["keypoints"])
+    decoded = deserialize_message(raw, MarkerArray)
+    assert decoded == deserialize_message(serialize_message(ref), MarkerArray)  # colours go through float32
+    got = np.array([[p.x, p.y, p.z] for p in decoded.markers[3].points])
+    assert np.array_equal(got, grasps["vertices"][1][grasps["faces"]].reshape(-1, 3).astype(np.float64))
+    # one grasp, odd-length frame id (different alignment before the first sequence)
+    hdr = Header(frame_id="abc", stamp=Time(sec=1, nanosec=2))
+    one = m.serialized_grasp_markers(hdr, grasps["vertices"][:1], grasps["faces"], grasps["keypoints"][:1])
+    ref1 = reference_markers(hdr, grasps["vertices"][:1], grasps["faces"], grasps["keypoints"][:1])
+    assert deserialize_message(one, MarkerArray) == deserialize_message(serialize_message(ref1), MarkerArray)
+
+
+def test_serialized_markers_refuse_an_empty_mesh(grasps) -> None:
+    with pytest.raises(m.SerializationUnsupported):
+        m.serialized_grasp_markers(HEADER, grasps["vertices"], np.zeros((0, 3), dtype=np.int64), grasps["keypoints"])

@@ -232,3 +232,28 @@ def test_to_input_frame_numpy_and_torch():
     torch = pytest.importorskip("torch")
     moved = to_input_frame(torch.zeros(4, 3, dtype=torch.float32), centre)
     assert moved.dtype == torch.float32 and torch.allclose(moved[0], torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_subsampled_outlier_statistic_removes_the_same_outliers():
+    """The node's default (neighbours searched in a 1,000-point subsample) keeps the exact rule's verdicts
+    on a camera-like cloud with scattered outliers, and equals the exact rule on small clouds."""
+    rng = np.random.default_rng(4)
+    surface = sphere_cap(3000, seed=4).astype(np.float64)
+    outliers = surface[:40] + rng.choice([-1, 1], size=(40, 3)) * rng.uniform(0.03, 0.2, size=(40, 3))
+    cloud = np.concatenate([surface, outliers])
+    truth = np.r_[np.zeros(len(surface), bool), np.ones(len(outliers), bool)]
+    exact = statistical_inlier_mask(cloud, 20)
+    fast = statistical_inlier_mask(cloud, 20, max_reference=1000, rng=np.random.default_rng(0))
+    assert not fast[truth].any() and not exact[truth].any()  # every outlier removed by both
+    assert fast[~truth].mean() > 0.99 and (fast == exact).mean() > 0.99
+    again = statistical_inlier_mask(cloud, 20, max_reference=1000, rng=np.random.default_rng(0))
+    assert np.array_equal(fast, again)  # deterministic for a given generator
+    small = cloud[:900]
+    assert np.array_equal(statistical_inlier_mask(small, 20, max_reference=1000), statistical_inlier_mask(small, 20))
+
+
+def test_outlier_reference_none_is_the_exact_rule():
+    cloud = sphere_cap(2500, seed=1)
+    a = prepare_cloud(cloud, 2000, outlier_reference=None, seed=3)
+    mask = statistical_inlier_mask(cloud.astype(np.float64), 20)
+    assert a.num_outliers == int((~mask).sum())
