@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export MPLBACKEND ?= Agg
 
-.PHONY: setup test demo preview clean-venv
+.PHONY: setup test demo preview lint clean-venv
 
 setup: $(STAMP)
 
@@ -21,11 +21,19 @@ $(STAMP): requirements.txt setup.py setup.cfg package.xml
 	@touch $(STAMP)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check --select F --quiet .
 	$(PY) -m pytest -q tests
 
+# Fake depth camera -> grasp node over DDS -> files, picture, latency and quality table.
 demo: $(STAMP)
+	$(VENV)/bin/dvqvae-grasp demo --out demo_out
+
+# PNG renders of the hand model in four poses.
+preview: $(STAMP)
 	$(VENV)/bin/dvqvae-hand preview --out demo_out/hand
-	@echo "Hand previews written to demo_out/hand/"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check --select F .
 
 clean-venv:
 	rm -rf $(VENV)

@@ -625,6 +625,9 @@ def load_onnx_runner(path: Path, threads: Optional[int] = None) -> Runner:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.intra_op_num_threads = int(threads or torch.get_num_threads())
     opts.inter_op_num_threads = 1
+    # ORT's idle workers spin after each run by default: on a robot's shared CPU that starves the
+    # camera driver, DDS and (in the benchmarks) the torch backends timed beside it.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
