@@ -22,6 +22,7 @@ from dvqvae_training.train import (
     EpochBatchSampler,
     PriorTrainConfig,
     TrainConfig,
+    contact_scale_at,
     load_training_state,
     lr_at,
     read_training_state,
@@ -119,6 +120,54 @@ def test_lr_schedule_is_the_papers_scaled_to_epochs():
     assert lr_at(PriorTrainConfig(), 99) == 3e-4
 
 
+def test_contact_warmup_schedule():
+    c = TrainConfig(contact_scale=0.5, contact_warmup=0.25)
+    # 100 steps in all: 25 warm-up steps, linear from 0, then constant at the scale
+    assert [contact_scale_at(c, s, 100) for s in (0, 5, 10, 25, 26, 99)] == [0.0, 0.1, 0.2, 0.5, 0.5, 0.5]
+    assert contact_scale_at(TrainConfig(contact_warmup=0.0), 0, 100) == 1.0  # no warm-up: the paper's weights
+    assert contact_scale_at(TrainConfig(contact_scale=2.0, contact_warmup=1.0), 50, 100) == 1.0
+    for bad in ({"contact_scale": -1.0}, {"contact_scale": float("nan")}, {"contact_warmup": 1.5}):
+        with pytest.raises(ValueError):
+            TrainConfig(**bad)
+
+
+CONTACT_WEIGHTS = {"consistency": "lambda_m", "contact": "lambda_c", "penetration": "lambda_p"}
+
+
+@pytest.mark.parametrize("scale,warmup", [(0.0, 0.0), (0.1, 0.5)])
+def test_contact_scale_reaches_the_training_loss(data_root, hand, tmp_path, scale, warmup):
+    """The optimised loss is the paper total minus (1 - effective scale) x the weighted contact terms."""
+    records: list[dict] = []
+    c = cfg(data_root, tmp_path, epochs=2, contact_scale=scale, contact_warmup=warmup)  # 6 steps in all
+    res = train_dvqvae(c, hand=hand, on_step=lambda loop, step, stats: records.append(dict(stats)))
+    assert res.finished and len(records) == 6
+    w = json.loads((res.checkpoint / "config.json").read_text())["model_config"]["loss_weights"]
+    ramp = round(warmup * 6)
+    for step, r in enumerate(records):
+        expected = scale * (min(1.0, step / ramp) if ramp else 1.0)
+        assert r["contact_scale"] == pytest.approx(expected)
+        contact_part = sum(w[lam] * r[term] for term, lam in CONTACT_WEIGHTS.items())
+        assert contact_part > 0  # the terms exist and are non-zero, so the check below can fail
+        assert r["loss"] == pytest.approx(r["paper_loss"] - (1.0 - expected) * contact_part, rel=1e-4, abs=1e-4)
+    assert [json.loads(x)["contact_scale"] for x in res.log_path.read_text().splitlines()
+            if '"kind": "step"' in x] == pytest.approx([r["contact_scale"] for r in records])
+    # a different contact schedule is a different experiment: resuming with it is refused
+    with pytest.raises(ValueError, match="contact_scale"):
+        train_dvqvae(cfg(data_root, tmp_path, epochs=3, contact_scale=scale + 1.0, contact_warmup=warmup,
+                         resume=True), hand=hand)
+
+
+def test_cli_passes_the_contact_options(tmp_path):
+    from dvqvae_training.train_cli import build_parser, configs
+
+    main_cfg, prior_cfg = configs(build_parser().parse_args(
+        ["dvqvae", "--data", str(tmp_path), "--contact-scale", "0.02", "--contact-warmup", "0.4"]))
+    assert (main_cfg.contact_scale, main_cfg.contact_warmup) == (0.02, 0.4)
+    default, _ = configs(build_parser().parse_args(["dvqvae", "--data", str(tmp_path)]))
+    assert (default.contact_scale, default.contact_warmup) == (1.0, 0.3)
+    assert train_main(["dvqvae", "--data", str(tmp_path), "--contact-warmup", "2"]) == 2
+
+
 def test_batch_sampler_is_seeded_per_epoch_and_skips_on_resume():
     s = EpochBatchSampler(10, 3, seed=1)
     s.set_epoch(0)
@@ -134,7 +183,8 @@ def test_batch_sampler_is_seeded_per_epoch_and_skips_on_resume():
 def test_a_few_steps_decrease_the_loss(data_root, hand, tmp_path):
     losses: list[float] = []
     # one batch of all 12 training grasps, no augmentation: every step sees the same data
-    c = cfg(data_root, tmp_path, epochs=12, batch_size=12, lr=2e-3, lr_milestones=(), rotate=False)
+    # and a fixed objective (no contact warm-up, which makes the optimised loss rise as the terms ramp in)
+    c = cfg(data_root, tmp_path, epochs=12, batch_size=12, lr=2e-3, lr_milestones=(), rotate=False, contact_warmup=0.0)
     res = train_dvqvae(c, hand=hand, on_step=lambda loop, step, stats: losses.append(stats["loss"]))
     assert res.finished and res.step == 12 and len(losses) == 12
     assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:3]) and max(losses[-3:]) < min(losses[:3]), losses
@@ -169,6 +219,9 @@ def test_kill_and_resume_equals_uninterrupted_run(data_root, hand, tmp_path):
     la, lb = step_records(straight.log_path), step_records(resumed.log_path)
     assert [r["step"] for r in lb] == [1, 2, 3, 4]
     np.testing.assert_allclose([r["loss"] for r in lb], [r["loss"] for r in la], rtol=1e-6)
+    # the contact warm-up (default 0.3 of 3 epochs x 3 steps = 3 steps) continues from the step counter
+    np.testing.assert_allclose([r["contact_scale"] for r in lb], [0.0, 1 / 3, 2 / 3, 1.0])
+    np.testing.assert_allclose([r["contact_scale"] for r in la], [r["contact_scale"] for r in lb])
 
 
 def test_time_budget_stops_cleanly_and_resumes(data_root, hand, tmp_path):

@@ -7,6 +7,11 @@ how to validate and what to write at the end:
                     of 200), gradient clipping, per-codebook usage (batch perplexity, live codes,
                     codes revived by the codebooks' dead-code hook), validation each epoch
                     (losses, vertex error in mm, point-cloud contact ratio and penetration depth).
+                    The contact terms (lambda_m, lambda_c, lambda_p) are multiplied by ``contact_scale``
+                    and ramped in linearly over the first ``contact_warmup`` of the steps: at the paper's
+                    weights from step 0 they stall reconstruction. The factor used is logged per step
+                    (``contact_scale``) next to the loss optimised (``loss``) and the paper-weighted one
+                    (``paper_loss``); validation ``loss`` is always paper-weighted, comparable across runs.
 * ``train_prior``   the gated PixelCNN on the tokens the trained DVQ-VAE assigns to the *training*
                     split (encoded once, cached on disk), validated on tokens of *other* objects
                     (the released code validated on its training split). Adam 3e-4.
@@ -58,6 +63,7 @@ from dvqvae_model.config import cvae_config, dvqvae_config, prior_config
 from dvqvae_model.cvae import CVAEConfig, GraspCVAE
 from dvqvae_model.dvqvae import DVQVAE, DVQVAEConfig
 from dvqvae_model.hand_model import HandModel, load_hand_model
+from dvqvae_model.losses import LossWeights, weighted_total
 from dvqvae_model.prior import GatedPixelCNNPrior, PriorConfig
 from dvqvae_training.dataset_format import DatasetReader, atomic_write_bytes
 from dvqvae_training.datasets import Augmentation, GraspDataset
@@ -96,6 +102,11 @@ class TrainConfig:
     lr_gamma: float = 0.5
     weight_decay: float = 0.0
     grad_clip: float = 1000.0  # max global gradient norm, a spike guard (paper-weighted losses give ~1e3); 0 = off
+    # Contact terms (lambda_m consistency, lambda_c contact, lambda_p penetration) at full paper weight stall
+    # reconstruction from scratch; they are scaled by ``contact_scale`` and ramped in linearly from 0 over the
+    # first ``contact_warmup`` fraction of the run's steps (see ``contact_scale_at``).
+    contact_scale: float = 1.0  # 1.0 = the paper's weights
+    contact_warmup: float = 0.3  # fraction of all steps (epochs x batches per epoch); 0 = full scale from step 0
     # data
     rotate: bool = True  # uniform SO(3) augmentation of object + hand together
     translate: float = 0.0
@@ -122,6 +133,10 @@ class TrainConfig:
             raise ValueError("epochs and batch_size must be >= 1")
         if any(not 0.0 < m <= 1.0 for m in self.lr_milestones):
             raise ValueError(f"lr_milestones are fractions of the run in (0, 1], got {self.lr_milestones}")
+        if not (math.isfinite(self.contact_scale) and self.contact_scale >= 0.0):
+            raise ValueError(f"contact_scale must be a finite number >= 0, got {self.contact_scale}")
+        if not 0.0 <= self.contact_warmup <= 1.0:
+            raise ValueError(f"contact_warmup is a fraction of the run in [0, 1], got {self.contact_warmup}")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -147,6 +162,7 @@ class PriorTrainConfig(TrainConfig):
     lr: float = 3e-4
     lr_milestones: tuple[float, ...] = ()
     grad_clip: float = 5.0  # spike guard; cross-entropy gradient norms are ~1
+    contact_warmup: float = 0.0  # no contact terms in the prior's loss
     token_views: int = 4  # augmented passes over the training split when caching tokens
     save_every_steps: int = 500
     log_every_steps: int = 50
@@ -167,6 +183,37 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)  # last validation
     elapsed_seconds: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+
+
+CONTACT_TERMS = ("consistency", "contact", "penetration")  # the terms weighted by lambda_m, lambda_c, lambda_p
+# Values of fields added after version-1 states were first written, for states saved without them
+# (so an old run resumes only with the settings it was actually trained with).
+LEGACY_CONFIG = {"contact_scale": 1.0, "contact_warmup": 0.0}
+
+
+def contact_scale_at(cfg: TrainConfig, step: int, total_steps: int) -> float:
+    """Factor on the contact-term weights for the update after ``step`` completed steps.
+
+    ``contact_scale * min(1, step / W)`` with ``W = round(contact_warmup * total_steps)`` warm-up steps
+    (``W == 0``: no warm-up). A pure function of the step counter and the stored config, so a resumed run
+    uses exactly the factors of an uninterrupted one.
+    """
+    ramp = int(round(cfg.contact_warmup * max(0, int(total_steps))))
+    if ramp <= 0:
+        return float(cfg.contact_scale)
+    return float(cfg.contact_scale) * min(1.0, max(0, int(step)) / ramp)
+
+
+def scaled_total(losses: dict[str, Tensor], weights: LossWeights, factor: float) -> Tensor:
+    """``losses["total"]`` with the contact terms' weights (lambda_m, lambda_c, lambda_p) times ``factor``.
+
+    The model's own ``total`` (the paper weights) is returned unchanged when ``factor == 1``.
+    """
+    if factor == 1.0:
+        return losses["total"]
+    w = dataclasses.replace(weights, lambda_m=weights.lambda_m * factor, lambda_c=weights.lambda_c * factor,
+                            lambda_p=weights.lambda_p * factor)
+    return weighted_total({k: v for k, v in losses.items() if k != "total"}, w)
 
 
 def lr_at(cfg: TrainConfig, epoch: int) -> float:
@@ -625,6 +672,10 @@ class _Loop:
         self.params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
         self.bad_steps = 0
 
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole run (``epochs`` x batches per epoch): the warm-up's time base."""
+        return int(self.cfg.epochs) * self.sampler.num_batches()
+
     # ---------------------------------------------------------------- state
     def meta(self) -> dict[str, Any]:
         return {"stage": self.stage, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
@@ -641,7 +692,7 @@ class _Loop:
     def restore(self) -> None:
         """Continue from the saved state (checked against the current config)."""
         tensors, meta = load_training_state(self.state_dir)
-        _check_resumable(meta["config"], self.cfg.to_dict())
+        _check_resumable({**LEGACY_CONFIG, **meta["config"]}, self.cfg.to_dict())
         restore_training_state(tensors, meta, self.modules, self.optimizer)
         self.epoch, self.batch_in_epoch, self.step = meta["epoch"], meta["batch_in_epoch"], meta["step"]
         # a finished run resumed with more epochs continues training
@@ -753,7 +804,7 @@ class _Loop:
 
 
 def _epoch_line(rec: dict[str, Any]) -> str:
-    keys = [k for k in ("train_loss", "val_loss", "val_vertex_err_mm", "val_contact_ratio", "val_pen_depth_mm",
+    keys = [k for k in ("train_loss", "train_contact_scale", "val_loss", "val_vertex_err_mm", "val_contact_ratio", "val_pen_depth_mm",
                         "val_nll", "val_accuracy") if k in rec]
     body = "  ".join(f"{k}={rec[k]:.4g}" for k in keys)
     return f"[{rec['stage']}] epoch {rec['epoch']} step {rec['step']} lr {rec['lr']:.3g}  {body}"
@@ -876,7 +927,10 @@ def _train_grasp_model(stage: str, cfg: TrainConfig, *, hand: Optional[HandModel
     def forward(batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         pts, prm = batch["points"].to(device), batch["params"].to(device)
         out = model(pts, prm)
-        stats = {"loss": float(out.losses["total"].detach())}
+        scale = contact_scale_at(cfg, loop.step, loop.total_steps())
+        total = scaled_total(out.losses, model_cfg.loss_weights, scale)
+        stats = {"loss": float(total.detach()), "paper_loss": float(out.losses["total"].detach()),
+                 "contact_scale": scale}
         stats.update({k: float(v.detach()) for k, v in out.losses.items() if k != "total"})
         if is_dvq:
             for key, values in out.usage.items():  # perplexity, used_codes, ... per codebook
@@ -884,7 +938,7 @@ def _train_grasp_model(stage: str, cfg: TrainConfig, *, hand: Optional[HandModel
                     stats[f"{key}_{name}"] = float(v)
             revived = sum(int(getattr(cb, "last_revived", 0)) for cb in (model.object_codebook, model.hand_codebook))
             stats["revived_codes"] = float(revived)
-        return out.losses["total"], stats
+        return total, stats
 
     def validate() -> dict[str, float]:
         return _grasp_validation(model, val_loader, hand, device, cfg.val_max_batches, call)

@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="DVQ-VAE / CVAE epochs (default 200)")
     p.add_argument("--batch-size", type=int, default=None, help="DVQ-VAE / CVAE batch (default 32)")
     p.add_argument("--lr", type=float, default=None, help="DVQ-VAE / CVAE learning rate (default 1e-4)")
+    p.add_argument("--contact-scale", type=float, default=None,
+                   help="DVQ-VAE / CVAE: factor on the contact-term weights lambda_m, lambda_c, lambda_p "
+                        "(default 1.0 = the paper's)")
+    p.add_argument("--contact-warmup", type=float, default=None,
+                   help="DVQ-VAE / CVAE: fraction of the steps over which the contact terms ramp linearly "
+                        "from 0 to --contact-scale (default 0.3; 0 = full weight from the start)")
     p.add_argument("--prior-epochs", type=int, default=None, help="prior epochs (default 100)")
     p.add_argument("--prior-batch-size", type=int, default=None, help="prior batch (default 256)")
     p.add_argument("--prior-lr", type=float, default=None, help="prior learning rate (default 3e-4)")
@@ -91,7 +97,8 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PriorTrainConfig]:
     def pick(**kw: Optional[object]) -> dict[str, object]:
         return {k: v for k, v in kw.items() if v is not None}
 
-    main_cfg = TrainConfig(**common, **pick(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr))
+    main_cfg = TrainConfig(**common, **pick(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                            contact_scale=args.contact_scale, contact_warmup=args.contact_warmup))
     prior_cfg = PriorTrainConfig(**common, **pick(epochs=args.prior_epochs, batch_size=args.prior_batch_size,
                                                   lr=args.prior_lr, token_views=args.token_views))
     return main_cfg, prior_cfg
