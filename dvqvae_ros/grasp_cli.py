@@ -161,7 +161,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     out = Path(args.out)
     paths = write_grasp_files(out, vertices=gs.vertices, mano=gs.params, keypoints=gs.keypoints, scores=gs.scores,
                               hand=gen.hand, object_points=points, title=f"{Path(args.object).name}: {len(gs)} grasps")
-    print(f"{len(gs)} grasps for {args.object} in {gs.timing.get('total', float('nan')):.1f} ms -> {out}/")
+    print(f"{len(gs)} grasps for {args.object} in {gs.timing.get('total_ms', float('nan')):.1f} ms -> {out}/")
     if mesh is not None and mesh.is_watertight and not args.no_quality:
         q = quick_quality(gs.vertices, gen.hand, mesh)
         print(_format_quality(q))

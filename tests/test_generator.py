@@ -228,3 +228,19 @@ def test_render_png(gen: GraspGenerator, tmp_path: Path) -> None:
     out = render_grasps_png(cloud, gs, tmp_path / "g.png", max_hands=2, size=(4, 2), dpi=60)
     data = out.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 2000
+
+
+def test_bundled_default_model_generates_near_the_object() -> None:
+    """`model: default` (what `make demo` and the node use) loads, matches the stand-in hand and grasps."""
+    from dvqvae_model.checkpoint import resolve_checkpoint
+
+    path = resolve_checkpoint("default")
+    gen = GraspGenerator.from_checkpoint(path, hand="standin")
+    rng = np.random.default_rng(0)
+    cloud = rng.normal(size=(2000, 3))
+    cloud = 0.04 * cloud / np.linalg.norm(cloud, axis=1, keepdims=True) + np.array([0.2, -0.1, 0.6])
+    gs = gen.generate(cloud, 4, seed=0)
+    assert gs.vertices.shape == (4, 778, 3) and np.isfinite(gs.vertices).all()
+    assert np.all(np.diff(gs.scores) <= 0)
+    # Hands come back in the cloud's frame, at the object.
+    assert np.linalg.norm(gs.vertices.reshape(-1, 3).mean(0) - cloud.mean(0)) < 0.15
