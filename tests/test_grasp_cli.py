@@ -102,6 +102,10 @@ def test_demo_runs_camera_and_node_over_dds(tmp_path: Path, checkpoint: Path) ->
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     for needle in ("end-to-end latency", "p50", "contact ratio", "penetration volume", "simulation displacement"):
         assert needle in res.stdout
+    import re
+
+    err_mm = float(re.search(r"reproduces published keypoints to ([0-9.]+) mm", res.stdout).group(1))
+    assert err_mm < 0.01  # the MANO array and the keypoints describe the same hands
     data = _check_outputs(out, 4)
     # The demo's hands are rebuilt from the published MANO parameters; they sit at the camera's object (z > 0).
     assert np.isfinite(data["vertices"]).all()
