@@ -54,6 +54,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dvqvae_model.atomic_io import fsync_path
+
 from dvqvae_model.mano_pickle import cache_dir
 
 if TYPE_CHECKING:  # the generator imports this module; no import cycle at run time
@@ -315,19 +317,6 @@ def _is_artifact_dir(path: Path) -> bool:
     return not names or SIDECAR_NAME in names or bool(names & set(ARTIFACT_FILES.values()))
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_artifact_dir(out_dir: Union[str, Path], fill: Callable[[Path], None]) -> Path:
     """Create ``out_dir`` atomically: ``fill(tmp)`` writes into a sibling temp dir that is renamed.
 
@@ -345,8 +334,8 @@ def write_artifact_dir(out_dir: Union[str, Path], fill: Callable[[Path], None]) 
         fill(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; an artifact is meant to be shared like a checkpoint
         for p in tmp.iterdir():
-            _fsync(p)
-        _fsync(tmp)
+            fsync_path(p)
+        fsync_path(tmp)
         if out.exists():
             old = parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(out, old)
@@ -360,7 +349,7 @@ def write_artifact_dir(out_dir: Union[str, Path], fill: Callable[[Path], None]) 
                     shutil.rmtree(tmp, ignore_errors=True)
                     return out
                 raise
-        _fsync(parent)
+        fsync_path(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
+from dvqvae_model.atomic_io import fsync_path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -197,27 +198,6 @@ def _trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _looks_like_checkpoint(path: Path) -> bool:
     if not path.is_dir():
         return False
@@ -282,7 +262,7 @@ def save_checkpoint(
             tensors = _trainable_state(module)
             fpath = tmp / fname
             save_file(tensors, str(fpath), metadata={"format": "pt", "role": role, "kind": kind})
-            _fsync_file(fpath)
+            fsync_path(fpath)
             meta["files"][role] = {
                 "name": fname,
                 "sha256": sha256_file(fpath),
@@ -299,7 +279,7 @@ def save_checkpoint(
         for child in tmp.iterdir():
             os.chmod(child, 0o644)
         os.chmod(tmp, 0o755)
-        _fsync_dir(tmp)
+        fsync_path(tmp)
         if path.exists():
             old = parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
             os.rename(path, old)
@@ -307,7 +287,7 @@ def save_checkpoint(
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.rename(tmp, path)
-        _fsync_dir(parent)
+        fsync_path(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

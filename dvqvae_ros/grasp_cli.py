@@ -110,12 +110,13 @@ def write_grasp_files(out: Path, *, vertices: np.ndarray, mano: np.ndarray, keyp
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.savez(fh, **arrays)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    import io
+
+    from dvqvae_model.atomic_io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _write_viewer(path: Path, points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,

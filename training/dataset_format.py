@@ -50,6 +50,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from dvqvae_model.atomic_io import atomic_write_bytes
+
 FORMAT_NAME = "dvqvae-grasp-dataset"
 FORMAT_VERSION = 1
 PARAM_DIM = 61
@@ -105,31 +107,6 @@ def assign_split(object_id: str, ratios: Mapping[str, float], salt: str = "") ->
         if u < acc:
             return name
     return names[-1]
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temp file in the same folder, fsync, os.replace."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _sha256(data: bytes) -> str:

@@ -65,7 +65,8 @@ from dvqvae_model.dvqvae import DVQVAE, DVQVAEConfig
 from dvqvae_model.hand_model import HandModel, load_hand_model
 from dvqvae_model.losses import LossWeights, weighted_total
 from dvqvae_model.prior import GatedPixelCNNPrior, PriorConfig
-from dvqvae_training.dataset_format import DatasetReader, atomic_write_bytes
+from dvqvae_model.atomic_io import atomic_write_bytes
+from dvqvae_training.dataset_format import DatasetReader
 from dvqvae_training.datasets import Augmentation, GraspDataset
 
 STATE_FORMAT = "dvqvae-train-state"
