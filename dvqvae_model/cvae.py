@@ -7,13 +7,14 @@ Same data interface and loss dictionary as DVQ-VAE (``losses.grasp_losses`` plus
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Mapping
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dvqvae_model.serializable import SerializableConfig
 from dvqvae_model.dvqvae import GraspDecoding
 from dvqvae_model.gating import mlp
 from dvqvae_model.hand_model import HandModel
@@ -22,7 +23,7 @@ from dvqvae_model.pointnet import PointNet
 
 
 @dataclass
-class CVAEConfig:
+class CVAEConfig(SerializableConfig):
     """Serialisable GraspCVAE hyper-parameters (defaults: GraspTTA sizes)."""
 
     num_points: int = 3000
@@ -44,22 +45,6 @@ class CVAEConfig:
                 setattr(self, f.name, tuple(int(v) for v in getattr(self, f.name)))
         if self.norm not in ("batch", "none"):
             raise ValueError(f"unknown norm {self.norm!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        d["loss_weights"] = self.loss_weights.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "CVAEConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown CVAEConfig key(s): {sorted(unknown)}")
-        return cls(**dict(data))
 
 
 GraspCVAEConfig = CVAEConfig  # name used by dvqvae_model.checkpoint

@@ -32,14 +32,15 @@ Everything in ``decode`` is tensor-in / tensor-out without data-dependent contro
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 from smplx.lbs import batch_rodrigues
 
+from dvqvae_model.serializable import SerializableConfig
 from dvqvae_model.codebook import Codebook
 from dvqvae_model.gating import SkeletalGating, mlp
 from dvqvae_model.hand_model import HandModel, HandOutput
@@ -58,7 +59,7 @@ def _tuple(x: Sequence[int]) -> tuple[int, ...]:
 
 
 @dataclass
-class DVQVAEConfig:
+class DVQVAEConfig(SerializableConfig):
     """Serialisable DVQ-VAE hyper-parameters. Defaults are the paper sizes (see ``config.preset``)."""
 
     variant: str = "full"
@@ -99,22 +100,6 @@ class DVQVAEConfig:
     @property
     def object_feature_dim(self) -> int:
         return self.object_pointnet_widths[-1]
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        for k, v in d.items():
-            if isinstance(v, tuple):
-                d[k] = list(v)
-        d["loss_weights"] = self.loss_weights.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "DVQVAEConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown DVQVAEConfig key(s): {sorted(unknown)}")
-        return cls(**dict(data))
 
 
 @dataclass

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import numpy as np
 import rclpy
 import trimesh
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
@@ -28,6 +28,7 @@ from std_msgs.msg import Header
 
 from dvqvae_model import depth_camera as dc
 from dvqvae_ros.parameters import FakeCameraParameters, ParameterError, declare_parameters, read_parameters
+from dvqvae_ros.spin import spin_until_shutdown
 from dvqvae_ros.point_cloud import create_cloud_xyz32
 from dvqvae_ros.sample_objects import load_object
 
@@ -129,17 +130,7 @@ def main(args: Sequence[str] | None = None) -> int:
         rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
         rclpy.try_shutdown()
         return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_until_shutdown(node, SingleThreadedExecutor())
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -64,6 +64,7 @@ from dvqvae_ros.parameters import (
 )
 from dvqvae_ros.latest_worker import LatestOnlyWorker
 from dvqvae_ros.point_cloud import read_xyz
+from dvqvae_ros.spin import spin_until_shutdown
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
@@ -518,17 +519,7 @@ def main(args: Sequence[str] | None = None) -> int:
         logger.fatal(str(exc))
         rclpy.try_shutdown()
         return 2
-    executor = MultiThreadedExecutor(num_threads=3)
-    executor.add_node(node)
-    try:
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return spin_until_shutdown(node, MultiThreadedExecutor(num_threads=3))
 
 
 if __name__ == "__main__":
