@@ -8,6 +8,8 @@ Subcommands::
                           [--workers 2] [--hands 96] [--steps 100] [--max-grasps 40] [--robustness]
     dvqvae-data stats DIR                                                # counts, types, histograms
     dvqvae-data show DIR --out DIR [--objects 6] [--grasps 4]            # PNG gallery (matplotlib Agg)
+    dvqvae-data pack DIR OUT                  # compact form to commit (recipes, seeds, grasps, metrics)
+    dvqvae-data unpack OUT DIR [--workers 2]  # rebuild the full dataset from it (checked, resumable)
 
 ``synth`` is resumable: the work unit is one object; the dataset writer
 (:mod:`dvqvae_training.dataset_format`) commits whole objects atomically, so a killed run started
@@ -359,9 +361,7 @@ def format_stats(st: dict[str, Any]) -> str:
     for k, v in sorted(st["families"].items()):
         lines.append(f"  {k:12s} objects {v['objects']:6d}  grasps {v['grasps']:7d}  per object {v['grasps'] / max(1, v['objects']):5.1f}")
     if st["timings"]:
-        tot = sum(v for k, v in st["timings"].items() if k != "total_s" and k != "context_s")
         lines.append("time (summed over objects, s): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(st["timings"].items())))
-        del tot
     for name, vals in st["metrics"].items():
         v = vals[np.isfinite(vals)]
         if len(v) == 0:
@@ -610,6 +610,17 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--split", default=None)
     pw.add_argument("--seed", type=int, default=0)
     pw.add_argument("--hand", default="standin")
+
+    pp = sub.add_parser("pack", help="compact form of a dataset (grasps, metrics, recipes, seeds) to commit")
+    pp.add_argument("dir")
+    pp.add_argument("out")
+
+    pu = sub.add_parser("unpack", help="rebuild a full dataset from its compact form (points redrawn and checked)")
+    pu.add_argument("compact")
+    pu.add_argument("out")
+    pu.add_argument("--workers", type=int, default=2)
+    pu.add_argument("--limit", type=int, default=None, help="only the first N objects")
+    pu.add_argument("--no-progress", action="store_true")
     return ap
 
 
@@ -696,6 +707,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(js, indent=1))
         else:
             print(format_stats(st))
+        return 0
+    if a.cmd in ("pack", "unpack"):
+        from dvqvae_training import compact
+        from dvqvae_training.dataset_format import DatasetError
+
+        try:
+            if a.cmd == "pack":
+                m = compact.pack(a.dir, a.out)
+                print(f"packed {m['num_objects']} objects, {m['num_grasps']} grasps -> {a.out} ({m['archive_bytes'] / 1e6:.1f} MB)")
+            else:
+                r = compact.unpack(a.compact, a.out, workers=a.workers, limit=a.limit, progress=not a.no_progress)
+                print(f"unpacked {r['objects']} objects ({r['rebuilt']} rebuilt, {r['skipped']} already there), {r['grasps']} grasps -> {a.out}")
+        except DatasetError as e:
+            print(f"dvqvae-data {a.cmd}: {e}", file=sys.stderr)
+            return 1
         return 0
     if a.cmd == "show":
         paths = render_gallery(a.dir, a.out, objects=a.objects, grasps=a.grasps, split=a.split, seed=a.seed, hand_spec=a.hand)

@@ -297,11 +297,13 @@ def _has_mesh(source: str) -> bool:
 
 def mesh_from_source(source: str) -> Any:
     """Rebuild an object's mesh from its ``object_source`` JSON ({"recipe": ...} or {"mesh": path, ...})."""
-    from dvqvae_training.objects import ObjectRecipe, load_mesh, make_object
+    from dvqvae_training.objects import ObjectRecipe, load_mesh, load_random_urdf, make_object
 
     d = json.loads(source)
     if "recipe" in d:
         return make_object(ObjectRecipe.from_dict(d["recipe"]))
+    if "random_urdf" in d:  # as synthesized: through its URDF (scale, origin), not the bare mesh file
+        return load_random_urdf(int(d["random_urdf"]))
     if "mesh" in d:
         kw = {k: d[k] for k in ("units", "scale") if k in d}
         return load_mesh(d["mesh"], **kw)
