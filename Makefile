@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export MPLBACKEND ?= Agg
 
-.PHONY: setup test demo preview lint clean-venv
+.PHONY: setup test demo preview data lint clean-venv
 
 setup: $(STAMP)
 
@@ -31,6 +31,11 @@ demo: $(STAMP)
 # PNG renders of the hand model in four poses.
 preview: $(STAMP)
 	$(VENV)/bin/dvqvae-hand preview --out demo_out/hand
+
+# The default training set (data/grasps), rebuilt from its committed compact form in
+# datasets/default: meshes and surface points are regenerated and checked. Resumable.
+data: $(STAMP)
+	$(VENV)/bin/dvqvae-data unpack datasets/default data/grasps
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check --select F .

@@ -142,13 +142,15 @@ def test_stats(reference, capsys):
     assert data_cli.main(["stats", str(reference)]) == 0
     text = capsys.readouterr().out
     assert "objects 2" in text and "train" in text and "rejected by reason" in text
-    assert "metric displacement_cm" in text and "grasp types:" in text
+    assert "metric displacement_cm" in text and "grasp types:" in text and "largest extent:" in text
     assert data_cli.main(["stats", str(reference), "--json"]) == 0
     st = json.loads(capsys.readouterr().out)
     r = DatasetReader(reference)
     assert st["grasps"] == r.num_grasps() and st["objects"] == 2
     assert sum(st["types"].values()) == r.num_grasps()
     assert st["candidates"] == 48
+    assert sum(v["objects"] for v in st["sizes"].values()) == 2
+    assert sum(v["grasps"] for v in st["sizes"].values()) == r.num_grasps()
 
 
 def test_show_writes_pngs(reference, tmp_path, capsys):

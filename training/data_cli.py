@@ -299,6 +299,11 @@ def _hist_lines(values: np.ndarray, bins: int = 10, width: int = 40, lo: float |
     return [f"    [{edges[i]:8.3f}, {edges[i + 1]:8.3f})  {counts[i]:7d}  {'#' * round(width * counts[i] / top)}" for i in range(bins)]
 
 
+# largest object extent (from the stored surface points), to show where the synthesizer struggles
+SIZE_BINS_CM = (6.0, 10.0, 15.0, 20.0)
+SIZE_BINS_LABELS = ("<6 cm", "6-10 cm", "10-15 cm", "15-20 cm", ">=20 cm")
+
+
 def dataset_stats(root: str | os.PathLike) -> dict[str, Any]:
     """Counts per split / type / family, metric arrays, summed synthesis bookkeeping."""
     from dvqvae_training.dataset_format import SPLITS, DatasetReader
@@ -315,6 +320,7 @@ def dataset_stats(root: str | os.PathLike) -> dict[str, Any]:
         "candidates": 0,
         "rejected": {},
         "empty_objects": 0,
+        "sizes": {label: {"objects": 0, "grasps": 0, "empty": 0} for label in SIZE_BINS_LABELS},
         "timings": {},
     }
     for i in range(len(reader.shards)):
@@ -326,6 +332,12 @@ def dataset_stats(root: str | os.PathLike) -> dict[str, Any]:
             out["metrics"][name].append(d["grasp_metrics"][:, m])
         per_obj = np.bincount(d["grasp_object"], minlength=len(d["object_id"]))
         out["empty_objects"] += int((per_obj == 0).sum())
+        extent_cm = 100 * (d["object_points"].max(1) - d["object_points"].min(1)).max(1)
+        for o, b in enumerate(np.digitize(extent_cm, SIZE_BINS_CM)):
+            c = out["sizes"][SIZE_BINS_LABELS[b]]
+            c["objects"] += 1
+            c["grasps"] += int(per_obj[o])
+            c["empty"] += int(per_obj[o] == 0)
         for o, src in enumerate(d["object_source"]):
             try:
                 s = json.loads(str(src))
@@ -360,6 +372,13 @@ def format_stats(st: dict[str, Any]) -> str:
     lines.append("families:")
     for k, v in sorted(st["families"].items()):
         lines.append(f"  {k:12s} objects {v['objects']:6d}  grasps {v['grasps']:7d}  per object {v['grasps'] / max(1, v['objects']):5.1f}")
+    lines.append("largest extent:")
+    for k, v in st["sizes"].items():
+        if v["objects"]:
+            lines.append(
+                f"  {k:12s} objects {v['objects']:6d}  grasps {v['grasps']:7d}  per object {v['grasps'] / v['objects']:5.1f}"
+                f"  without grasps {v['empty']:4d}"
+            )
     if st["timings"]:
         lines.append("time (summed over objects, s): " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(st["timings"].items())))
     for name, vals in st["metrics"].items():
