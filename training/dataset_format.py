@@ -499,27 +499,20 @@ class DatasetReader:
 
     def grasp_index(self, split: str | None = None) -> np.ndarray:
         """[(shard, row)] of every grasp of the split's objects (int64 [G,2])."""
-        rows = []
-        for i, entry in enumerate(self.shards):
-            if split is not None and split not in entry["splits"]:
-                continue
-            d = self.load_shard(i)
-            sel = np.arange(len(d["grasp_object"]))
-            if split is not None:
-                sel = sel[d["object_split"][d["grasp_object"]] == split]
-            rows.append(np.stack([np.full(len(sel), i), sel], axis=1))
-        return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), dtype=np.int64)
+        return self._index(split, lambda d: d["object_split"][d["grasp_object"]])
 
     def object_index(self, split: str | None = None) -> np.ndarray:
         """[(shard, object row)] of the split's objects (int64 [O,2])."""
+        return self._index(split, lambda d: d["object_split"])
+
+    def _index(self, split: str | None, row_splits: Any) -> np.ndarray:
+        """[(shard, row)] of the rows whose split (``row_splits(shard arrays)``) is ``split``."""
         rows = []
         for i, entry in enumerate(self.shards):
             if split is not None and split not in entry["splits"]:
                 continue
-            d = self.load_shard(i)
-            sel = np.arange(len(d["object_id"]))
-            if split is not None:
-                sel = sel[d["object_split"] == split]
+            per_row = row_splits(self.load_shard(i))
+            sel = np.arange(len(per_row)) if split is None else np.nonzero(per_row == split)[0]
             rows.append(np.stack([np.full(len(sel), i), sel], axis=1))
         return np.concatenate(rows).astype(np.int64) if rows else np.zeros((0, 2), dtype=np.int64)
 
