@@ -155,17 +155,20 @@ def test_stats(reference, capsys):
 
 def test_show_writes_pngs(reference, tmp_path, capsys):
     out = tmp_path / "gallery"
-    assert data_cli.main(["show", str(reference), "--out", str(out), "--objects", "2", "--grasps", "2"]) == 0
+    sheet = tmp_path / "sheet.png"
+    args = ["show", str(reference), "--out", str(out), "--objects", "2", "--grasps", "2", "--sheet", str(sheet)]
+    assert data_cli.main(args) == 0
     pngs = sorted(out.glob("*.png"))
     assert len(pngs) == 2
     import matplotlib.image as mpimg
 
-    img = mpimg.imread(pngs[0])
-    assert img.shape[0] > 200 and img.shape[1] > 200
-    rgb = img[..., :3]
-    skin = (rgb[..., 0] > 0.8) & (rgb[..., 1] > 0.5) & (rgb[..., 2] < 0.75) & (rgb[..., 0] - rgb[..., 2] > 0.15)
-    blue = (rgb[..., 2] > rgb[..., 0] + 0.2)
-    assert skin.mean() > 0.01 and blue.mean() > 0.01  # both the hand and the object are drawn
+    for png in (pngs[0], sheet):
+        img = mpimg.imread(png)
+        assert img.shape[0] > 200 and img.shape[1] > 200
+        rgb = img[..., :3]
+        skin = (rgb[..., 0] > 0.8) & (rgb[..., 1] > 0.5) & (rgb[..., 2] < 0.75) & (rgb[..., 0] - rgb[..., 2] > 0.15)
+        blue = (rgb[..., 2] > rgb[..., 0] + 0.2)
+        assert skin.mean() > 0.01 and blue.mean() > 0.01  # both the hand and the object are drawn
 
 
 def test_rasterize_depth_order():

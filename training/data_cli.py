@@ -7,7 +7,7 @@ Subcommands::
     dvqvae-data synth OUT [--count N | --recipes FILE | --meshes DIR | --random-urdfs SPLIT]
                           [--workers 2] [--hands 96] [--steps 100] [--max-grasps 40] [--robustness]
     dvqvae-data stats DIR                                                # counts, types, histograms
-    dvqvae-data show DIR --out DIR [--objects 6] [--grasps 4]            # PNG gallery (matplotlib Agg)
+    dvqvae-data show DIR --out DIR [--objects 6] [--grasps 4] [--sheet PNG]  # PNG gallery
     dvqvae-data pack DIR OUT                  # compact form to commit (recipes, seeds, grasps, metrics)
     dvqvae-data unpack OUT DIR [--workers 2]  # rebuild the full dataset from it (checked, resumable)
 
@@ -508,36 +508,16 @@ def render_grasps_figure(
     return path
 
 
-def render_gallery(
-    root: str | os.PathLike,
-    out: str | os.PathLike,
-    *,
-    objects: int = 6,
-    grasps: int = 4,
-    split: str | None = None,
-    seed: int = 0,
-    hand_spec: str = "standin",
-) -> list[Path]:
-    """PNG per object (up to ``grasps`` grasps, types spread) plus nothing else; returns the paths."""
+def _gallery_items(reader: Any, hand: Any, objects: int, grasps: int, split: str | None, seed: int) -> list[dict[str, Any]]:
+    """Up to ``objects`` random objects with grasps, each with up to ``grasps`` hands (types spread)."""
     import torch
-    from dvqvae_training.dataset_format import DatasetReader
     from dvqvae_training.datasets import mesh_from_source
 
-    from dvqvae_model.hand_model import load_hand_model
-
-    reader = DatasetReader(root, verify="size")
-    hand = load_hand_model(hand_spec)
-    ids = [o for o in reader.object_ids(split)]
+    with_grasps = [oid for oid in reader.object_ids(split) if reader.object(oid)["params"].shape[0]]
     rng = np.random.default_rng(seed)
-    with_grasps = []
-    for oid in ids:
-        info = reader.object(oid)
-        if len(info["params"]):
-            with_grasps.append(oid)
     pick = [with_grasps[i] for i in sorted(rng.choice(len(with_grasps), size=min(objects, len(with_grasps)), replace=False))] if with_grasps else []
-    paths = []
-    types = reader.grasp_types
-    names = reader.metric_names
+    types, names = reader.grasp_types, reader.metric_names
+    items = []
     for oid in pick:
         o = reader.object(oid)
         try:
@@ -545,8 +525,7 @@ def render_gallery(
             ov, of = np.asarray(mesh.vertices), np.asarray(mesh.faces)
         except (OSError, ValueError, KeyError):  # no recipe / file missing: draw the stored points
             ov, of = _points_as_mesh(o["points"])
-        # spread over types: round-robin over the types present
-        order = []
+        order: list[int] = []  # round-robin over the types present
         by_type: dict[int, list[int]] = {}
         for g, t in enumerate(o["grasp_type"]):
             by_type.setdefault(int(t), []).append(g)
@@ -564,11 +543,66 @@ def render_gallery(
                 f"{types[t] if 0 <= t < len(types) else '?'}  d={m.get('displacement_cm', np.nan):.2f}cm"
                 f"  p={m.get('penetration_cm3', np.nan):.2f}cm3"
             )
-        safe = oid.replace("/", "_")
-        paths.append(
-            render_grasps_figure(ov, of, list(verts), hand.faces.numpy(), titles, Path(out) / f"{safe}.png", suptitle=f"{oid} ({o['split']})")
-        )
+        items.append({"id": oid, "split": o["split"], "vertices": ov, "faces": of, "hands": list(verts), "titles": titles})
+    return items
+
+
+def render_gallery(
+    root: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    objects: int = 6,
+    grasps: int = 4,
+    split: str | None = None,
+    seed: int = 0,
+    hand_spec: str = "standin",
+    sheet: str | os.PathLike | None = None,
+) -> list[Path]:
+    """PNG per object (up to ``grasps`` grasps, types spread, three views); with ``sheet`` also
+    one overview picture (a row per object, one view); returns the paths."""
+    from dvqvae_training.dataset_format import DatasetReader
+
+    from dvqvae_model.hand_model import load_hand_model
+
+    reader = DatasetReader(root, verify="size")
+    hand = load_hand_model(hand_spec)
+    faces = hand.faces.numpy()
+    items = _gallery_items(reader, hand, objects, grasps, split, seed)
+    paths = [
+        render_grasps_figure(
+            it["vertices"], it["faces"], it["hands"], faces, it["titles"],
+            Path(out) / f"{it['id'].replace('/', '_')}.png", suptitle=f"{it['id']} ({it['split']})",
+        )  # fmt: skip
+        for it in items
+    ]
+    if sheet and items:
+        paths.append(render_sheet(items, faces, sheet))
     return paths
+
+
+def render_sheet(items: Sequence[dict[str, Any]], hand_faces: np.ndarray, path: str | os.PathLike, size: int = 220) -> Path:
+    """Overview: one row per object, one column per grasp, one view."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cols = max(len(it["hands"]) for it in items)
+    fig = Figure(figsize=(2.2 * cols, 2.3 * len(items)))
+    FigureCanvasAgg(fig)
+    rot = view_rotation(*VIEWS[0])
+    for r, it in enumerate(items):
+        for c, (hv, title) in enumerate(zip(it["hands"], it["titles"])):
+            allp = np.concatenate([it["vertices"], hv])
+            ctr, half = (allp.max(0) + allp.min(0)) / 2, float((allp.max(0) - allp.min(0)).max()) * 0.58
+            meshes = [(it["vertices"], it["faces"], (0.35, 0.55, 0.9)), (hv, hand_faces, (0.95, 0.72, 0.55))]
+            ax = fig.add_subplot(len(items), cols, r * cols + c + 1)
+            ax.imshow(rasterize(meshes, rot, ctr, half, size=size))
+            ax.set_axis_off()
+            ax.set_title((f"{it['id']}\n" if c == 0 else "\n") + title, fontsize=6.5)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    return path
 
 
 # =============================================================================== command line
@@ -629,6 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     pw.add_argument("--split", default=None)
     pw.add_argument("--seed", type=int, default=0)
     pw.add_argument("--hand", default="standin")
+    pw.add_argument("--sheet", default=None, help="also one overview PNG here (a row per object)")
 
     pp = sub.add_parser("pack", help="compact form of a dataset (grasps, metrics, recipes, seeds) to commit")
     pp.add_argument("dir")
@@ -743,7 +778,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     if a.cmd == "show":
-        paths = render_gallery(a.dir, a.out, objects=a.objects, grasps=a.grasps, split=a.split, seed=a.seed, hand_spec=a.hand)
+        paths = render_gallery(
+            a.dir, a.out, objects=a.objects, grasps=a.grasps, split=a.split, seed=a.seed, hand_spec=a.hand, sheet=a.sheet
+        )
         for p in paths:
             print(p)
         if not paths:
