@@ -12,7 +12,7 @@ Decoding (``decode``, also the inference path after the prior has produced token
     [6 codes ; z_t] -> posture MLP -> betas, pose
     hand posed at the origin with that pose -> bend angles -> skeletal gating -> pose'   (eq. 7-8)
     hand posed at the origin with pose' -> centred vertices -> (gradient stopped) PointNet -> z_h  (eq. 9)
-    [z_h ; z_p] -> position MLP -> global orient, transl
+    [z_h ; z_p (; 6 codes if position_sees_codes)] -> position MLP -> global orient, transl
     final hand = rigid transform of the origin-posed hand (exactly the hand layer with the full 61 params:
     MANO's global rotation acts about joint 0 and the translation is added after, so no third LBS pass)
 
@@ -82,6 +82,11 @@ class DVQVAEConfig(SerializableConfig):
     dead_code_threshold: float = 0.03
     kmeans_init: bool = True
     position_num_vertices: int = 778  # vertices fed to the position PointNet (farthest-point subset)
+    # The paper's position decoder sees [sg(z_h) ; z_p] only: the posture at the origin and the object.
+    # The hand codes are encoded from the hand *in the object frame*, so they carry its orientation;
+    # without them the decoder cannot tell which side of the object the grasp is on, and under SO(3)
+    # augmentation it regresses to the mean (hands at the object centre). True adds the codes.
+    position_sees_codes: bool = False
     part_max_vertices: int = 0  # >0: thin larger hand parts to this many vertices (farthest-point)
     point_scale: float = 10.0  # points are multiplied by this before every PointNet (metres -> dm, O(1))
     loss_weights: LossWeights = field(default_factory=LossWeights)
@@ -227,7 +232,8 @@ class DVQVAE(nn.Module):
         else:
             self.posture_decoder = mlp(codes_dim + c_obj, (*cfg.posture_decoder_widths, POSTURE_DIM))
             self.position_pointnet = PointNet(cfg.position_pointnet_widths, norm=cfg.norm, use_stn=cfg.use_stn)
-            self.position_decoder = mlp(cfg.position_pointnet_widths[-1] + c_obj,
+            self.position_decoder = mlp(cfg.position_pointnet_widths[-1] + c_obj
+                                        + (codes_dim if cfg.position_sees_codes else 0),
                                         (*cfg.position_decoder_widths, POSITION_DIM))
         for dec in (self.posture_decoder, self.position_decoder):
             if dec is not None:  # start near the flat hand at the object centre
@@ -307,7 +313,8 @@ class DVQVAE(nn.Module):
         canon = self._pose_at_origin(betas, pose)
         if position is None:
             assert self.position_decoder is not None
-            position = self.position_decoder(torch.cat([self._position_feature(canon.vertices), z_p], dim=1))
+            inputs = [self._position_feature(canon.vertices), z_p] + ([codes] if self.cfg.position_sees_codes else [])
+            position = self.position_decoder(torch.cat(inputs, dim=1))
         orient, transl = position[:, :3], position[:, 3:]
         root = canon.joints[:, 0]
         params = torch.cat([betas, orient, pose, transl], dim=1)

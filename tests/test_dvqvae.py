@@ -364,3 +364,44 @@ def test_overfit_small_set_end_to_end(hand: HandModel) -> None:
     assert err_mm.mean() < OVERFIT_MAX_MEAN_MM, err_mm
     assert err_mm.max() < OVERFIT_MAX_SAMPLE_MM, err_mm
     assert (out.usage["perplexity"][1:] > 1.0).all()  # every hand codebook tells grasps apart
+
+
+def _fit_two_sides(hand: HandModel, sees_codes: bool) -> torch.Tensor:
+    """Per-sample vertex error (mm) after fitting two grasps that differ only by a half turn about z,
+    on an object cloud that the half turn maps onto itself."""
+    from dvqvae_training.datasets import WristJoint, transform_hand_params
+
+    obj, prm = synthetic_grasps(hand, 1, 128, seed=3)
+    half_turn = np.diag([-1.0, -1.0, 1.0])
+    sym = torch.cat([obj[0], obj[0] @ torch.as_tensor(half_turn, dtype=torch.float32).T])  # invariant set
+    turned = transform_hand_params(prm.numpy(), half_turn, np.zeros(3), WristJoint(hand)(prm[:, :10].numpy()))
+    params = torch.cat([prm, torch.as_tensor(turned, dtype=torch.float32)])
+    objs = sym.expand(2, -1, -1).contiguous()
+    torch.manual_seed(0)
+    weights = LossWeights(lambda_h=1.0, lambda_m=0.5, lambda_c=15.0, lambda_p=0.05)
+    model = DVQVAE(dvqvae_config("compact", num_points=256, loss_weights=weights, position_sees_codes=sees_codes), hand)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for _ in range(200):
+        out = model(objs, params)
+        opt.zero_grad()
+        out.losses["total"].backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        out = model(objs, params)
+        gt = hand.from_params(params).vertices
+    return (out.decoding.vertices - gt).norm(dim=-1).mean(dim=1) * 1000.0
+
+
+def test_position_sees_codes_tells_the_sides_of_an_object_apart(hand: HandModel) -> None:
+    """Same object, same posture, opposite sides. The paper's position decoder ([sg(z_h) ; z_p]) gets the
+    same object feature for both and a posture that differs only by accident (the posture stage gets no
+    gradient from the position loss), so it can tell the sides apart only by amplifying that accident;
+    with the hand codes (encoded from the hand in the object frame: they carry its orientation) it has
+    the side as an input. Measured: paper 4-10 mm, with codes about 0.1 mm after the same 200 steps."""
+    paper = _fit_two_sides(hand, sees_codes=False)
+    with_codes = _fit_two_sides(hand, sees_codes=True)
+    print(f"two sides: vertex error mm paper {paper.tolist()}, with codes {with_codes.tolist()}")
+    assert with_codes.max() < 1.0, with_codes
+    assert paper.mean() > 10 * with_codes.mean(), (paper, with_codes)

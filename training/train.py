@@ -93,6 +93,7 @@ class TrainConfig:
     out_dir: str = "out/train"
     preset: str = "compact"  # model size preset (dvqvae_model.config)
     variant: str = "full"  # DVQ-VAE ablation variant
+    position_sees_codes: bool = False  # DVQVAEConfig.position_sees_codes
     hand: str = "standin"  # hand model spec (load_hand_model)
     num_points: int = 0  # object points per sample; 0 = the preset's
     # optimisation
@@ -907,7 +908,8 @@ def _train_grasp_model(stage: str, cfg: TrainConfig, *, hand: Optional[HandModel
     seed_everything(cfg.seed)
     if stage == "dvqvae":
         model_cfg: Any = DVQVAEConfig.from_dict(saved["model_config"]) if saved else \
-            dvqvae_config(cfg.preset, variant=cfg.variant, **({"num_points": cfg.num_points} if cfg.num_points else {}))
+            dvqvae_config(cfg.preset, variant=cfg.variant, position_sees_codes=cfg.position_sees_codes,
+                          **({"num_points": cfg.num_points} if cfg.num_points else {}))
         model: nn.Module = DVQVAE(model_cfg, hand)
     else:
         model_cfg = CVAEConfig.from_dict(saved["model_config"]) if saved else \

@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="out/train", help="run directory (states, logs, checkpoints)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS)
     p.add_argument("--variant", default="full", choices=VARIANTS, help="DVQ-VAE ablation variant")
+    p.add_argument("--position-sees-codes", action="store_true",
+                   help="feed the hand codes to the position decoder too (see DVQVAEConfig.position_sees_codes)")
     p.add_argument("--hand", default="standin", help="'standin' or a MANO_RIGHT.pkl path")
     p.add_argument("--num-points", type=int, default=0, help="object points per sample (0 = preset)")
     p.add_argument("--epochs", type=int, default=None, help="DVQ-VAE / CVAE epochs (default 200)")
@@ -82,6 +84,7 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PriorTrainConfig]:
     """The two stage configs from the command line (unset options keep the config defaults)."""
     progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     common = dict(data_dir=args.data, out_dir=args.out, preset=args.preset, variant=args.variant, hand=args.hand,
+                  position_sees_codes=args.position_sees_codes,
                   num_points=args.num_points, rotate=not args.no_rotate, partial_prob=args.partial_prob,
                   depth_noise=args.depth_noise, max_displacement_cm=args.max_displacement_cm,
                   val_fraction=args.val_fraction, val_max_batches=args.val_max_batches, seed=args.seed,
