@@ -4,23 +4,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import threading
-import time
 import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
-import rclpy
 import torch
 import trimesh
 from geometry_msgs.msg import PoseArray
-from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import PointCloud2, PointField
 
+from ros_helpers import ros_context, Spinner, wait_for
 from dvqvae_model import depth_camera as dc
 from dvqvae_model.checkpoint import save_checkpoint
 from dvqvae_model.config import preset
@@ -40,45 +36,11 @@ INTRINSICS = dc.CameraIntrinsics.from_fov(640, 480, 79.5)
 
 @pytest.fixture(scope="module")
 def ctx():
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    context = Context()
-    rclpy.init(context=context, domain_id=DOMAIN_ID)
-    yield context
-    rclpy.try_shutdown(context=context)
+    yield from ros_context(DOMAIN_ID)
 
 
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
-class Spinner:
-    """Spin nodes on a background executor and stop without racing rclpy's executor shutdown."""
-
-    def __init__(self, ctx: Context, *nodes: Node) -> None:
-        self.nodes, self.ctx = nodes, ctx
-        self.executor = MultiThreadedExecutor(num_threads=3, context=ctx)
-        for n in nodes:
-            self.executor.add_node(n)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        while not self.stop.is_set() and self.ctx.ok():
-            self.executor.spin_once(timeout_sec=0.05)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5.0)
-        time.sleep(0.1)  # let in-flight callbacks finish before the executor's guard is destroyed
-        self.executor.shutdown(timeout_sec=2.0)
-        for n in self.nodes:
-            n.destroy_node()
 
 
 # --------------------------------------------------------------------------- sample objects

@@ -19,12 +19,10 @@ from typing import Any, Callable
 
 import numpy as np
 import pytest
-import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -34,6 +32,7 @@ from std_msgs.msg import Float32MultiArray, Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
+from ros_helpers import ros_context, Spinner, wait_for
 from dvqvae_model.checkpoint import save_checkpoint
 from dvqvae_model.config import preset
 from dvqvae_model.dvqvae import DVQVAE
@@ -60,11 +59,7 @@ TOPICS = {
 # --------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def ctx():
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    context = Context()
-    rclpy.init(context=context, domain_id=DOMAIN_ID)
-    yield context
-    rclpy.try_shutdown(context=context)
+    yield from ros_context(DOMAIN_ID)
 
 
 @pytest.fixture(scope="module")
@@ -171,42 +166,8 @@ class Harness:
         self.spinner.close()
 
 
-class Spinner:
-    """Spin nodes on a background executor and stop without racing rclpy's executor shutdown.
-
-    The loop of short spin_once calls ends before ``shutdown``; in-flight callbacks get a moment to
-    finish, so none touches the executor's guard condition after shutdown destroyed it.
-    """
-
-    def __init__(self, ctx: Context, *nodes: Node) -> None:
-        self.nodes, self.ctx = nodes, ctx
-        self.executor = MultiThreadedExecutor(num_threads=3, context=ctx)
-        for n in nodes:
-            self.executor.add_node(n)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        while not self.stop.is_set() and self.ctx.ok():
-            self.executor.spin_once(timeout_sec=0.05)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5.0)
-        time.sleep(0.1)
-        self.executor.shutdown(timeout_sec=2.0)
-        for n in self.nodes:
-            n.destroy_node()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 @pytest.fixture

@@ -1,14 +1,12 @@
 """Parameter table: defaults, clear validation errors, dynamic vs read-only, declaration on a real node."""
 from __future__ import annotations
 
-import os
 
 import pytest
-import rclpy
-from rclpy.context import Context
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from ros_helpers import ros_context
 from dvqvae_ros.parameters import (
     FakeCameraParameters,
     GraspNodeParameters,
@@ -25,11 +23,7 @@ DOMAIN_ID = 76  # unique per test module: no cross-talk with other suites runnin
 
 @pytest.fixture(scope="module")
 def ctx():
-    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-    context = Context()
-    rclpy.init(context=context, domain_id=DOMAIN_ID)
-    yield context
-    rclpy.try_shutdown(context=context)
+    yield from ros_context(DOMAIN_ID)
 
 
 def test_defaults_are_valid() -> None:
