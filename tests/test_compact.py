@@ -100,7 +100,6 @@ def test_cli_pack_then_unpack(dataset, tmp_path, capsys):
     assert_same(dataset, tmp_path / "re")
 
 
-@pytest.mark.skipif(not (DEFAULT / "manifest.json").exists(), reason="datasets/default is not generated yet")
 def test_default_training_set(tmp_path):
     """The committed default set: its size, its splits, and the first objects rebuild exactly."""
     manifest, a = compact.read_compact(DEFAULT)
