@@ -100,6 +100,20 @@ def contact_ratio(hand_vertices: Any, obj: trimesh.Trimesh | ObjectGeometry, thr
 # =============================================================================== penetration
 
 
+def overlap_lattice(points: np.ndarray, bounds: np.ndarray, pitch: float) -> list[np.ndarray] | None:
+    """Per-axis coordinates of the global lattice (cell centres (k + 1/2) * pitch) inside the overlap
+    of ``points``' bounding box and ``bounds`` [2,3]; None when they do not overlap."""
+    lo = np.maximum(points.min(0), bounds[0])
+    hi = np.minimum(points.max(0), bounds[1])
+    if np.any(hi <= lo):
+        return None
+    k0 = np.floor(lo / pitch - 0.5).astype(np.int64)
+    k1 = np.ceil(hi / pitch - 0.5).astype(np.int64)
+    axes = [(np.arange(k0[i], k1[i] + 1) + 0.5) * pitch for i in range(3)]
+    axes = [a[(a >= lo[i]) & (a <= hi[i])] for i, a in enumerate(axes)]
+    return None if any(len(a) == 0 for a in axes) else axes
+
+
 def penetration_volume(
     hand_vertices: Any,
     hand_sealed_faces: Any,
@@ -117,15 +131,8 @@ def penetration_volume(
     geo = _geometry(obj)
     hv = _np(hand_vertices).astype(np.float64).reshape(-1, 3)
     hf = _np(hand_sealed_faces).astype(np.int64).reshape(-1, 3)
-    lo = np.maximum(hv.min(0), geo.bounds[0])
-    hi = np.minimum(hv.max(0), geo.bounds[1])
-    if np.any(hi <= lo):
-        return 0.0
-    k0 = np.floor(lo / pitch - 0.5).astype(np.int64)
-    k1 = np.ceil(hi / pitch - 0.5).astype(np.int64)
-    axes = [(np.arange(k0[i], k1[i] + 1) + 0.5) * pitch for i in range(3)]
-    axes = [a[(a >= lo[i]) & (a <= hi[i])] for i, a in enumerate(axes)]
-    if any(len(a) == 0 for a in axes):
+    axes = overlap_lattice(hv, geo.bounds, pitch)
+    if axes is None:
         return 0.0
     hand_mesh = trimesh.Trimesh(hv, hf, process=False)
     hand_scene = _raycasting_scene(hand_mesh)

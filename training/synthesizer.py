@@ -65,6 +65,7 @@ from dvqvae_training.grasp_types import (
     blend_local_degrees,
     compute_hand_regions,
 )
+from dvqvae_training.metrics import overlap_lattice
 from dvqvae_training.sdf import ObjectSDF, _raycasting_scene, mesh_occupancy
 from torch import Tensor
 
@@ -568,16 +569,8 @@ def fast_penetration_volume(
     import open3d as o3d
 
     hv = np.asarray(hand_vertices, np.float64).reshape(-1, 3)
-    bounds = np.asarray(ctx.mesh.bounds)
-    lo = np.maximum(hv.min(0), bounds[0])
-    hi = np.minimum(hv.max(0), bounds[1])
-    if np.any(hi <= lo):
-        return 0.0
-    k0 = np.floor(lo / pitch - 0.5).astype(np.int64)
-    k1 = np.ceil(hi / pitch - 0.5).astype(np.int64)
-    axes = [(np.arange(k0[i], k1[i] + 1) + 0.5) * pitch for i in range(3)]
-    axes = [a[(a >= lo[i]) & (a <= hi[i])] for i, a in enumerate(axes)]
-    if any(len(a) == 0 for a in axes):
+    axes = overlap_lattice(hv, np.asarray(ctx.mesh.bounds), pitch)
+    if axes is None:
         return 0.0
     # blocks along each axis: start index, centre, half extent
     starts = [np.arange(0, len(a), block) for a in axes]
