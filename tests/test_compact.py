@@ -74,6 +74,15 @@ def test_truncated_archive_is_refused(dataset, tmp_path):
     assert not (tmp_path / "re").exists()
 
 
+def test_incomplete_manifest_is_refused(dataset, tmp_path):
+    compact.pack(dataset, tmp_path / "c")
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    del m["archive_sha256"]
+    (tmp_path / "c" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(DatasetError, match="lacks"):
+        compact.read_compact(tmp_path / "c")
+
+
 def test_changed_points_name_the_object(dataset, tmp_path, capsys):
     """A recipe that no longer regenerates the packed points is an error, not a silent new dataset."""
     compact.pack(dataset, tmp_path / "c")

@@ -134,7 +134,10 @@ def read_compact(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, n
         raise DatasetError(f"{folder}: not a compact grasp dataset (format {manifest.get('format')!r})")
     if int(manifest.get("format_version", -1)) > COMPACT_VERSION:
         raise DatasetError(f"{folder}: compact format version {manifest['format_version']} is newer than this code ({COMPACT_VERSION})")
-    path = folder / manifest["archive"]
+    missing = [k for k in ("archive", "archive_sha256", "archive_bytes", "dataset") if k not in manifest]
+    if missing:
+        raise DatasetError(f"{folder}: compact manifest lacks {missing}")
+    path = folder / Path(manifest["archive"]).name  # the archive lies beside its manifest
     data = path.read_bytes() if path.exists() else b""
     if hashlib.sha256(data).hexdigest() != manifest["archive_sha256"]:
         raise DatasetError(
