@@ -143,7 +143,7 @@ def test_load_mesh_repairs_or_rejects(tmp_path):
 
 
 def test_random_urdf_split_rule():
-    assert all(random_urdf_split(i) == "test" for i in range(800, 1000))
+    assert all(random_urdf_split(i) == "test_mesh" for i in range(800, 1000))
     train, val, test = (random_urdf_ids(s) for s in ("train", "val", "test"))
     assert test == list(range(800, 1000))
     assert sorted(train + val) == list(range(800))

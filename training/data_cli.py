@@ -615,7 +615,7 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--recipes", default=None, help="JSON-lines file of recipes (from `objects list`)")
     g.add_argument("--meshes", default=None, help="folder of mesh / URDF files instead of procedural objects")
-    g.add_argument("--random-urdfs", default=None, choices=("train", "val", "trainval", "test"), help="pybullet random_urdfs split")
+    g.add_argument("--random-urdfs", default=None, choices=("train", "val", "trainval", "test_mesh", "all"), help="pybullet random_urdfs split (800-999 are test_mesh)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,7 +55,7 @@ from dvqvae_model.atomic_io import atomic_write_bytes
 FORMAT_NAME = "dvqvae-grasp-dataset"
 FORMAT_VERSION = 1
 PARAM_DIM = 61
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "test_mesh")  # test_mesh: held-out real meshes (random_urdfs 800-999)
 DEFAULT_GRASP_TYPES = ("power", "pinch", "tripod", "lateral", "spherical", "hook")
 DEFAULT_METRICS = ("displacement_cm", "penetration_cm3", "contact", "max_axis_displacement_cm")
 MANIFEST = "manifest.json"

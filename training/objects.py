@@ -655,7 +655,7 @@ def find_mesh_files(folder: str | os.PathLike) -> list[str]:
 # =============================================================================== random_urdfs
 
 RANDOM_URDF_COUNT = 1000
-RANDOM_URDF_TEST_START = 800  # 000-799 train/val, 800-999 test (fixed rule)
+RANDOM_URDF_TEST_START = 800  # 000-799 train/val, 800-999 test_mesh (fixed rule)
 
 
 def random_urdfs_dir() -> str:
@@ -671,18 +671,23 @@ def random_urdf_path(index: int) -> str:
 
 
 def random_urdf_split(index: int, val_fraction: float = 0.1) -> str:
-    """'test' for 800-999; 000-799 go to 'val' by a stable hash (``val_fraction``), else 'train'."""
+    """'test_mesh' for 800-999 (a second, real-mesh test split); 000-799 go to 'val' by a
+    stable hash (``val_fraction``), else 'train'."""
     if index >= RANDOM_URDF_TEST_START:
-        return "test"
+        return "test_mesh"
     h = int(hashlib.sha256(f"random_urdf/{index:03d}".encode()).hexdigest()[:8], 16) / 16**8
     return "val" if h < val_fraction else "train"
 
 
 def random_urdf_ids(split: str, val_fraction: float = 0.1) -> list[int]:
-    """Indices of a split: 'train', 'val', 'trainval' or 'test'."""
+    """Indices of a split: 'train', 'val', 'trainval', 'test_mesh' or 'all'."""
     if split == "trainval":
         return list(range(RANDOM_URDF_TEST_START))
-    if split not in ("train", "val", "test"):
+    if split == "all":
+        return list(range(RANDOM_URDF_COUNT))
+    if split == "test":  # the old name of the held-out part
+        split = "test_mesh"
+    if split not in ("train", "val", "test_mesh"):
         raise ValueError(f"unknown split {split!r}")
     return [i for i in range(RANDOM_URDF_COUNT) if random_urdf_split(i, val_fraction) == split]
 
