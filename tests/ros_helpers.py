@@ -12,6 +12,12 @@ from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 
 
+def domain(base: int) -> int:
+    """A test module's ROS domain: ``base`` shifted by DVQVAE_TEST_DOMAIN_OFFSET, so that two
+    checkouts can run the ROS tests at once on one machine without hearing each other."""
+    return base + int(os.environ.get("DVQVAE_TEST_DOMAIN_OFFSET", "0"))
+
+
 def ros_context(domain_id: int) -> Iterator[Context]:
     """A context of its own on ``domain_id`` (unique per test module: no cross-talk between suites);
     use as ``yield from ros_context(N)`` in a module fixture."""

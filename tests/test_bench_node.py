@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import bench_node  # noqa: E402
 
 from dvqvae_ros import messages  # noqa: E402
+from ros_helpers import domain  # noqa: E402
 
 
 def test_quick_and_full_defaults() -> None:
@@ -50,7 +51,7 @@ def test_object_cloud_is_a_visible_half() -> None:
 
 def test_short_run(tmp_path) -> None:
     """One node process, three clouds at a fixed rate: latencies, stage split and memory are filled in."""
-    args = bench_node.parse_args(["--quick", "--clouds", "3", "--rate", "5", "--domain-id", "93"])
+    args = bench_node.parse_args(["--quick", "--clouds", "3", "--rate", "5", "--domain-id", str(domain(93))])
     model = bench_node.untrained_checkpoint(tmp_path)
     result = bench_node.run_size(args, model, 1000, ramp=False)
     assert result["fixed"].missing == 0 and len(result["fixed"].latencies_ms) == 3

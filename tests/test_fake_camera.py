@@ -16,7 +16,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import PointCloud2, PointField
 
-from ros_helpers import ros_context, Spinner, wait_for
+from ros_helpers import domain, ros_context, Spinner, wait_for
 from dvqvae_model import depth_camera as dc
 from dvqvae_model.checkpoint import save_checkpoint
 from dvqvae_model.config import preset
@@ -29,7 +29,7 @@ from dvqvae_ros.parameters import ParameterError
 from dvqvae_ros.point_cloud import read_xyz
 from dvqvae_ros.sample_objects import SAMPLE_OBJECTS, load_object, sample_object
 
-DOMAIN_ID = 78  # unique per test module
+DOMAIN_ID = domain(78)  # unique per test module
 REPO = Path(__file__).resolve().parent.parent
 INTRINSICS = dc.CameraIntrinsics.from_fov(640, 480, 79.5)
 

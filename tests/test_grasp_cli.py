@@ -16,6 +16,7 @@ from dvqvae_model.dvqvae import DVQVAE
 from dvqvae_model.hand_model import load_hand_model
 from dvqvae_model.prior import GatedPixelCNNPrior
 from dvqvae_ros import grasp_cli
+from ros_helpers import domain
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def test_generate_reports_bad_input(tmp_path: Path, checkpoint: Path, capsys) ->
 def test_demo_runs_camera_and_node_over_dds(tmp_path: Path, checkpoint: Path) -> None:
     """The whole product: two processes over DDS, a third listening; files, table and quality numbers."""
     out = tmp_path / "demo"
-    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID="87")
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", ROS_DOMAIN_ID=str(domain(87)))
     res = subprocess.run([sys.executable, "-m", "dvqvae_ros.grasp_cli", "demo", "--model", str(checkpoint),
                           "--out", str(out), "--rounds", "2", "--num-grasps", "4", "--timeout", "60"],
                          env=env, capture_output=True, text=True, timeout=150)

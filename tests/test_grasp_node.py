@@ -32,7 +32,7 @@ from std_msgs.msg import Float32MultiArray, Header
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from ros_helpers import ros_context, Spinner, wait_for
+from ros_helpers import domain, ros_context, Spinner, wait_for
 from dvqvae_model.checkpoint import save_checkpoint
 from dvqvae_model.config import preset
 from dvqvae_model.dvqvae import DVQVAE
@@ -44,7 +44,7 @@ from dvqvae_ros.grasp_node import GraspGeneratorNode, LatestOnlyWorker, StartupE
 from dvqvae_ros.parameters import ParameterError
 from dvqvae_ros.point_cloud import create_cloud, create_cloud_xyz32
 
-DOMAIN_ID = 77  # unique per test module
+DOMAIN_ID = domain(77)  # unique per test module
 REPO = Path(__file__).resolve().parent.parent
 WAIT_S = 10.0
 TOPICS = {
