@@ -66,13 +66,36 @@ def point_seed(object_id: str, source: dict[str, Any]) -> int:
 # =============================================================================== pack
 
 
-def pack(dataset: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
-    """Write the compact form of ``dataset`` to folder ``out``; returns its manifest."""
+def pack(dataset: str | os.PathLike, out: str | os.PathLike, *, hand: Any = None, progress: bool = False) -> dict[str, Any]:
+    """Write the compact form of ``dataset`` to folder ``out``; returns its manifest.
+
+    Grasps without a post-hoc label (shards written before labels existed) are labelled here
+    with ``hand`` (a model or spec; it must match the dataset's fingerprint). Without ``hand``
+    the stand-in is used when it is the dataset's hand; otherwise they stay unlabelled (-1).
+    """
+    from tqdm import tqdm
+
+    from dvqvae_training.grasp_labels import GRASP_LABELS, GraspLabeller
+
     reader = DatasetReader(dataset, verify="full")
+    labels_in = reader.grasp_labels
+    if labels_in and labels_in != list(GRASP_LABELS):
+        raise DatasetError(f"{dataset}: its grasp labels {labels_in} are not this code's {list(GRASP_LABELS)}")
+    labeller = None
     ids, splits, sources, seeds, hashes = [], [], [], [], []
-    g_obj, g_params, g_types, g_metrics = [], [], [], []
-    for i in range(len(reader.shards)):
+    g_obj, g_params, g_types, g_labels, g_metrics = [], [], [], [], []
+    for i in tqdm(range(len(reader.shards)), unit="shard", desc="pack", disable=not progress):
         d = reader.load_shard(i)
+        lab = d["grasp_label"].copy() if "grasp_label" in d else np.full(len(d["grasp_params"]), -1, np.int16)
+        for o in np.unique(d["grasp_object"][lab < 0]):
+            if labeller is None:
+                h = _dataset_hand(reader, hand)
+                labeller = GraspLabeller(h) if h is not None else False
+            if labeller is False:
+                break
+            rows = np.flatnonzero((d["grasp_object"] == o) & (lab < 0))
+            lab[rows] = labeller.label(d["grasp_params"][rows], d["object_points"][o], d["object_normals"][o])
+        g_labels.append(lab)
         base = len(ids)
         for o in range(len(d["object_id"])):
             oid, src = str(d["object_id"][o]), str(d["object_source"][o])
@@ -95,6 +118,7 @@ def pack(dataset: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
         "grasp_object": np.concatenate(g_obj) if g_obj else np.zeros(0, np.int32),
         "grasp_params": np.concatenate(g_params) if g_params else np.zeros((0, PARAM_DIM), np.float32),
         "grasp_type": np.concatenate(g_types) if g_types else np.zeros(0, np.int16),
+        "grasp_label": np.concatenate(g_labels) if g_labels else np.zeros(0, np.int16),
         "grasp_metrics": np.concatenate(g_metrics) if g_metrics else np.zeros((0, m), np.float32),
     }
     buf = io.BytesIO()
@@ -114,10 +138,25 @@ def pack(dataset: str | os.PathLike, out: str | os.PathLike) -> dict[str, Any]:
         "num_objects_with_grasps": int((counts > 0).sum()),
         "num_grasps": int(len(arrays["grasp_params"])),
         "splits": {s: {"objects": splits.count(s), "grasps": int(counts[np.array(splits) == s].sum()) if ids else 0} for s in SPLITS},
-        "dataset": {k: v for k, v in reader.manifest.items() if k not in _FILE_KEYS},
+        "dataset": {**{k: v for k, v in reader.manifest.items() if k not in _FILE_KEYS}, "grasp_labels": list(GRASP_LABELS)},
     }
     atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True).encode())
     return manifest
+
+
+def _dataset_hand(reader: DatasetReader, hand: Any) -> Any:
+    """The hand model a dataset was made with (labels need its vertices); None if not known."""
+    from dvqvae_model.hand_model import load_hand_model
+
+    if hand is None:
+        standin = load_hand_model("standin")
+        return standin if standin.fingerprint == reader.hand_fingerprint else None
+    hand = load_hand_model(hand) if isinstance(hand, str) else hand
+    if hand.fingerprint != reader.hand_fingerprint:
+        raise DatasetError(
+            f"the dataset was made with hand {reader.hand_fingerprint}, not {hand.fingerprint}: pass its hand model"
+        )
+    return hand
 
 
 # =============================================================================== unpack
@@ -201,6 +240,7 @@ def unpack(
         split_salt=ds["split_salt"],
         objects_per_shard=objects_per_shard,
         extra=ds.get("extra", {}),
+        grasp_labels=ds.get("grasp_labels"),
     )
     n = len(a["object_id"]) if limit is None else min(int(limit), len(a["object_id"]))
     rows_of = np.argsort(a["grasp_object"], kind="stable")
@@ -220,6 +260,7 @@ def unpack(
             writer.add_object(
                 oid, pts, nrm, str(a["object_source"][o]), a["grasp_params"][rows], a["grasp_type"][rows],
                 a["grasp_metrics"][rows], split=str(a["object_split"][o]),
+                labels=a["grasp_label"][rows] if "grasp_label" in a else None,
             )  # fmt: skip
             rebuilt += 1
             bar.update(1)

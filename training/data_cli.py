@@ -125,8 +125,11 @@ def _worker_init(hand_spec: str, config: dict[str, Any], cache_dir: str | None) 
 
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates us
+    from dvqvae_training.grasp_labels import GraspLabeller
+
     hand = load_hand_model(hand_spec)
     _WORKER["synth"] = GraspSynthesizer(hand, SynthConfig.from_dict(config))
+    _WORKER["labeller"] = GraspLabeller(hand, regions=_WORKER["synth"].prior.regions)
     _WORKER["cache_dir"] = cache_dir
 
 
@@ -148,6 +151,7 @@ def run_job(job: ObjectJob, seed: int, num_points: int = DEFAULT_POINTS) -> dict
         # one bad object must not end a two-hour run: report it; it is retried on resume
         return {"job": job, "error": f"{type(e).__name__}: {e}"}
     pts, nrm = sample_surface(mesh, num_points, seed=object_seed(job.object_id, seed) % (2**31))
+    labels = _WORKER["labeller"].label(res.params, pts, nrm)
     summary = res.summary()
     summary["timings"]["mesh_s"] = round(t_mesh, 4)
     source = dict(source, synth={**summary, "seed": int(seed)})
@@ -158,6 +162,7 @@ def run_job(job: ObjectJob, seed: int, num_points: int = DEFAULT_POINTS) -> dict
         "source": source,
         "params": res.params,
         "types": res.types,
+        "labels": labels,
         "metrics": res.metrics,
         "summary": summary,
     }
@@ -168,6 +173,7 @@ def run_job(job: ObjectJob, seed: int, num_points: int = DEFAULT_POINTS) -> dict
 
 def _writer(out: Path, cfg: Any, hand: Any, num_points: int, objects_per_shard: int) -> Any:
     from dvqvae_training.dataset_format import DatasetWriter
+    from dvqvae_training.grasp_labels import GRASP_LABELS
     from dvqvae_training.grasp_types import GRASP_TYPE_NAMES, type_table
     from dvqvae_training.synthesizer import METRIC_NAMES, SYNTH_VERSION
 
@@ -180,6 +186,7 @@ def _writer(out: Path, cfg: Any, hand: Any, num_points: int, objects_per_shard: 
         metric_names=METRIC_NAMES,
         objects_per_shard=objects_per_shard,
         extra={"synth_config": cfg.to_dict(), "grasp_type_table": type_table()},
+        grasp_labels=GRASP_LABELS,
     )
 
 
@@ -230,7 +237,8 @@ def synth(
                 stats["failed"].append({"object_id": job.object_id, "error": r["error"]})
                 return False
             writer.add_object(
-                job.object_id, r["points"], r["normals"], r["source"], r["params"], r["types"], r["metrics"], split=job.split
+                job.object_id, r["points"], r["normals"], r["source"], r["params"], r["types"], r["metrics"], split=job.split,
+                labels=r["labels"],
             )
             s = r["summary"]
             stats["objects"] += 1
@@ -304,12 +312,17 @@ SIZE_BINS_CM = (6.0, 10.0, 15.0, 20.0)
 SIZE_BINS_LABELS = ("<6 cm", "6-10 cm", "10-15 cm", "15-20 cm", ">=20 cm")
 
 
-def dataset_stats(root: str | os.PathLike) -> dict[str, Any]:
-    """Counts per split / type / family, metric arrays, summed synthesis bookkeeping."""
+def dataset_stats(root: str | os.PathLike, labeller: Any = None) -> dict[str, Any]:
+    """Counts per split / type / family, metric arrays, summed synthesis bookkeeping, and the
+    confusion of pre-shape types vs post-hoc labels (grasps stored unlabelled are labelled with
+    ``labeller`` when given, else counted as unlabelled)."""
     from dvqvae_training.dataset_format import SPLITS, DatasetReader
+    from dvqvae_training.grasp_labels import GRASP_LABELS
 
     reader = DatasetReader(root, verify="size")
     types = reader.grasp_types
+    label_names = reader.grasp_labels or list(GRASP_LABELS)
+    confusion = np.zeros((len(types) + 1, len(label_names) + 1), np.int64)  # last row/col: unknown
     out: dict[str, Any] = {
         "splits": {s: {"objects": reader.num_objects(s), "grasps": reader.num_grasps(s)} for s in SPLITS},
         "objects": reader.num_objects(),
@@ -322,6 +335,8 @@ def dataset_stats(root: str | os.PathLike) -> dict[str, Any]:
         "empty_objects": 0,
         "sizes": {label: {"objects": 0, "grasps": 0, "empty": 0} for label in SIZE_BINS_LABELS},
         "timings": {},
+        "label_names": label_names,
+        "confusion": confusion,
     }
     for i in range(len(reader.shards)):
         d = reader.load_shard(i)
@@ -330,6 +345,12 @@ def dataset_stats(root: str | os.PathLike) -> dict[str, Any]:
             out["types"][name] = out["types"].get(name, 0) + int(c)
         for m, name in enumerate(reader.metric_names):
             out["metrics"][name].append(d["grasp_metrics"][:, m])
+        lab = d["grasp_label"].copy() if "grasp_label" in d else np.full(len(d["grasp_params"]), -1, np.int16)
+        if labeller is not None:
+            for o in np.unique(d["grasp_object"][lab < 0]):
+                rows = np.flatnonzero((d["grasp_object"] == o) & (lab < 0))
+                lab[rows] = labeller.label(d["grasp_params"][rows], d["object_points"][o], d["object_normals"][o])
+        np.add.at(confusion, (np.where(d["grasp_type"] >= 0, d["grasp_type"], len(types)), np.where(lab >= 0, lab, len(label_names))), 1)
         per_obj = np.bincount(d["grasp_object"], minlength=len(d["object_id"]))
         out["empty_objects"] += int((per_obj == 0).sum())
         extent_cm = 100 * (d["object_points"].max(1) - d["object_points"].min(1)).max(1)
@@ -369,6 +390,20 @@ def format_stats(st: dict[str, Any]) -> str:
     lines.append("grasp types:")
     for k, v in st["types"].items():
         lines.append(f"  {k:12s} {v:8d}  {v / max(1, st['grasps']):6.1%}")
+    conf = np.asarray(st["confusion"])
+    if conf.sum():
+        names = list(st["label_names"]) + ["unlabelled"]
+        cols = [j for j in range(len(names)) if conf[:, j].any()]
+        lines.append("final-grasp labels (columns) by pre-shape (rows):")
+        lines.append("  " + " " * 12 + "".join(f"{names[j][:9]:>10s}" for j in cols))
+        for i, t in enumerate(list(st["types"]) + ["unknown"]):
+            if i < len(conf) and conf[i].any():
+                lines.append(f"  {t:12s}" + "".join(f"{conf[i, j]:10d}" for j in cols))
+        lines.append("  " + f"{'all':12s}" + "".join(f"{conf[:, j].sum():10d}" for j in cols))
+        known = conf[: len(st["types"]), : len(st["label_names"])]
+        agree = sum(known[i, list(st["label_names"]).index(t)] for i, t in enumerate(st["types"]) if t in st["label_names"])
+        if known.sum():
+            lines.append(f"  pre-shape and final label agree for {agree / known.sum():.1%} of labelled grasps")
     lines.append("families:")
     for k, v in sorted(st["families"].items()):
         lines.append(f"  {k:12s} objects {v['objects']:6d}  grasps {v['grasps']:7d}  per object {v['grasps'] / max(1, v['objects']):5.1f}")
@@ -654,6 +689,8 @@ def build_parser() -> argparse.ArgumentParser:
     pt = sub.add_parser("stats", help="counts per split, grasp types, rejection reasons, metric histograms")
     pt.add_argument("dir")
     pt.add_argument("--json", action="store_true", help="print the counts as JSON instead of text")
+    pt.add_argument("--label", action="store_true", help="label grasps stored without a post-hoc label (slower)")
+    pt.add_argument("--hand", default="standin", help="hand model of the dataset (for --label)")
 
     pw = sub.add_parser("show", help="PNG gallery of grasps on their objects")
     pw.add_argument("dir")
@@ -668,6 +705,8 @@ def build_parser() -> argparse.ArgumentParser:
     pp = sub.add_parser("pack", help="compact form of a dataset (grasps, metrics, recipes, seeds) to commit")
     pp.add_argument("dir")
     pp.add_argument("out")
+    pp.add_argument("--hand", default=None, help="hand model of the dataset, to label grasps stored without a label (default: the stand-in if it made the dataset)")
+    pp.add_argument("--no-progress", action="store_true")
 
     pu = sub.add_parser("unpack", help="rebuild a full dataset from its compact form (points redrawn and checked)")
     pu.add_argument("compact")
@@ -754,9 +793,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if a.cmd == "synth":
         return _cmd_synth(a)
     if a.cmd == "stats":
-        st = dataset_stats(a.dir)
+        labeller = None
+        if a.label:
+            from dvqvae_training.grasp_labels import GraspLabeller
+
+            from dvqvae_model.hand_model import load_hand_model
+
+            labeller = GraspLabeller(load_hand_model(a.hand))
+        st = dataset_stats(a.dir, labeller=labeller)
         if a.json:
             js = {k: v for k, v in st.items() if k != "metrics"}
+            js["confusion"] = np.asarray(st["confusion"]).tolist()
             js["metrics"] = {k: {"n": int(np.isfinite(v).sum()), "mean": float(np.nanmean(v)) if np.isfinite(v).any() else None} for k, v in st["metrics"].items()}
             print(json.dumps(js, indent=1))
         else:
@@ -768,7 +815,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         try:
             if a.cmd == "pack":
-                m = compact.pack(a.dir, a.out)
+                m = compact.pack(a.dir, a.out, hand=a.hand, progress=not a.no_progress)
                 print(f"packed {m['num_objects']} objects, {m['num_grasps']} grasps -> {a.out} ({m['archive_bytes'] / 1e6:.1f} MB)")
             else:
                 r = compact.unpack(a.compact, a.out, workers=a.workers, limit=a.limit, progress=not a.no_progress)

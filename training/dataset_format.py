@@ -17,7 +17,11 @@ object_points      f32 [O,N,3]          surface points (metres, object frame)
 object_normals     f32 [O,N,3]          unit outward normals
 grasp_object       i32 [G]              row of the grasp's object in this shard
 grasp_params       f32 [G,61]           MANO parameters in the object frame
-grasp_type         i16 [G]              index into manifest["grasp_types"], -1 = unknown
+grasp_type         i16 [G]              index into manifest["grasp_types"], -1 = unknown:
+                                        the pre-shape the synthesizer started from
+grasp_label        i16 [G]              index into manifest["grasp_labels"], -1 = unlabelled:
+                                        what the final grasp is (grasp_labels.py); optional,
+                                        shards written before it existed lack it
 grasp_metrics      f32 [G,M]            columns = manifest["metric_names"], NaN = missing
 =================  ==================  ===============================================
 
@@ -192,6 +196,7 @@ class DatasetWriter:
         verify: bool = True,
         drop_corrupt: bool = False,
         extra: Mapping[str, Any] | None = None,
+        grasp_labels: Sequence[str] | None = None,
     ):
         self.root = Path(root)
         self.shard_dir = self.root / SHARD_DIR
@@ -228,6 +233,13 @@ class DatasetWriter:
             }
             self._cleanup_uncommitted()
             self._write_manifest()
+        if grasp_labels is not None:  # a later setting: resuming an unlabelled dataset may add it
+            have = self.manifest.get("grasp_labels")
+            if have is not None and list(have) != list(grasp_labels):
+                raise DatasetError(f"{self.root}: grasp labels differ (dataset {have!r}, writer {list(grasp_labels)!r})")
+            if have is None:
+                self.manifest["grasp_labels"] = list(grasp_labels)
+                self._write_manifest()
         self._buffer: list[dict[str, Any]] = []
         self._buffer_ids: set[str] = set()
 
@@ -295,6 +307,7 @@ class DatasetWriter:
         grasp_types: Sequence[int | str] | np.ndarray | None = None,
         metrics: Mapping[str, Sequence[float]] | np.ndarray | None = None,
         split: str | None = None,
+        labels: Sequence[int | str] | np.ndarray | None = None,
     ) -> str:
         """Buffer one object and its grasps (validated first, so a failure adds nothing).
 
@@ -329,6 +342,23 @@ class DatasetWriter:
                     if not -1 <= int(t) < len(names):
                         raise ValueError(f"grasp type index {t} out of range")
                     types[i] = int(t)
+        lab = np.full(G, -1, dtype=np.int16)
+        if labels is not None:
+            names = list(self.manifest.get("grasp_labels") or [])
+            if not names:
+                raise ValueError("labels given, but the dataset was opened without grasp_labels")
+            gl = list(labels)
+            if len(gl) != G:
+                raise ValueError(f"{len(gl)} grasp labels for {G} grasps")
+            for i, t in enumerate(gl):
+                if isinstance(t, str):
+                    if t not in names:
+                        raise ValueError(f"unknown grasp label {t!r}; dataset labels {names}")
+                    lab[i] = names.index(t)
+                else:
+                    if not -1 <= int(t) < len(names):
+                        raise ValueError(f"grasp label index {t} out of range")
+                    lab[i] = int(t)
         M = len(self.metric_names)
         met = np.full((G, M), np.nan, dtype=np.float32)
         if metrics is not None:
@@ -352,7 +382,7 @@ class DatasetWriter:
         src = source if isinstance(source, str) else json.dumps(source, sort_keys=True, separators=(",", ":"))
         self._buffer.append(
             {"id": object_id, "split": split, "source": src, "points": pts, "normals": nrm,
-             "params": prm, "types": types, "metrics": met}
+             "params": prm, "types": types, "labels": lab, "metrics": met}
         )  # fmt: skip
         self._buffer_ids.add(object_id)
         if len(self._buffer) >= self.objects_per_shard or sum(len(b["params"]) for b in self._buffer) >= self.grasps_per_shard:
@@ -373,6 +403,7 @@ class DatasetWriter:
             "grasp_object": np.concatenate([np.full(len(b["params"]), i, dtype=np.int32) for i, b in enumerate(buf)]),
             "grasp_params": np.concatenate([b["params"] for b in buf]).reshape(-1, PARAM_DIM),
             "grasp_type": np.concatenate([b["types"] for b in buf]),
+            "grasp_label": np.concatenate([b["labels"] for b in buf]),
             "grasp_metrics": np.concatenate([b["metrics"] for b in buf]).reshape(-1, len(self.metric_names)),
         }
         data = _npz_bytes(arrays)
@@ -454,6 +485,11 @@ class DatasetReader:
         return list(self.manifest["metric_names"])
 
     @property
+    def grasp_labels(self) -> list[str]:
+        """Names of the post-hoc labels (empty for a dataset written before labels existed)."""
+        return list(self.manifest.get("grasp_labels") or [])
+
+    @property
     def hand_fingerprint(self) -> str:
         return str(self.manifest["hand_fingerprint"])
 
@@ -528,6 +564,7 @@ class DatasetReader:
             "normals": d["object_normals"][o],
             "params": d["grasp_params"][row],
             "grasp_type": int(d["grasp_type"][row]),
+            "grasp_label": int(d["grasp_label"][row]) if "grasp_label" in d else -1,
             "metrics": d["grasp_metrics"][row],
         }
 
@@ -548,6 +585,7 @@ class DatasetReader:
             "normals": d["object_normals"][o],
             "params": d["grasp_params"][sel],
             "grasp_type": d["grasp_type"][sel],
+            "grasp_label": d["grasp_label"][sel] if "grasp_label" in d else np.full(int(sel.sum()), -1, np.int16),
             "metrics": d["grasp_metrics"][sel],
         }
 
