@@ -69,7 +69,7 @@ from dvqvae_training.metrics import overlap_lattice
 from dvqvae_training.sdf import ObjectSDF, _raycasting_scene, mesh_occupancy
 from torch import Tensor
 
-from dvqvae_model.hand_metadata import FINGER_JOINTS, local_joint_limits
+from dvqvae_model.hand_metadata import FINGER_JOINTS, FINGER_NAMES, local_joint_limits
 from dvqvae_model.hand_model import HandModel
 
 __all__ = [
@@ -169,6 +169,16 @@ class SynthConfig:
     # a hand that merely supports the object from below passes the protocol's +y check but is no grasp
     palm_away_check: bool = True
     robustness: bool = False  # also simulate gravity along +-x, +-y, +-z (recorded, not required)
+    # large objects: what a person does with them is grasp a thin part (an edge, a rim, a neck, a
+    # handle) across its thin direction. ``align_roll`` is the share of hands whose roll about the
+    # approach turns the grasp's closing direction (fingers' curl for palm grasps, thumb -> fingers
+    # for precision grasps) onto the thinnest chord of the object at the approach point, and whose
+    # approach points favour places with a chord a hand can close over (``graspable_chord``).
+    # Objects of ``large_extent`` or more get ``large_hands`` times the hands.
+    align_roll: float = 0.0
+    graspable_chord: float = 0.09
+    large_extent: float = 0.15
+    large_hands: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -188,9 +198,21 @@ class SynthConfig:
         return cls(**d)
 
     def fingerprint(self) -> str:
+        """Hash of the settings. Fields added after the default set was made are left out while
+        they hold their neutral value, so that set's fingerprint (and its resume) stays valid."""
         import json
 
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+        d = {k: v for k, v in self.to_dict().items() if not (k in _NEUTRAL and v == _NEUTRAL[k])}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:10]
+
+    @classmethod
+    def large_objects(cls, **kw: Any) -> SynthConfig:
+        """The settings for objects of 15 cm and more (or any object left without grasps)."""
+        return cls(**{"align_roll": 0.6, "large_hands": 2.0, **kw})
+
+
+# fields added after the first dataset, with the value that reproduces the behaviour before them
+_NEUTRAL: dict[str, Any] = {"align_roll": 0.0, "graspable_chord": 0.09, "large_extent": 0.15, "large_hands": 1.0}
 
 
 def object_seed(object_id: str, seed: int) -> int:
@@ -268,6 +290,7 @@ class HandPrior:
         self.finger_dir = fdir / np.linalg.norm(fdir)
         self._build_spheres(v, j, faces)
         self._build_type_tables()
+        self.closing_angle = self._closing_angles()
 
     # ------------------------------------------------------------------ collision spheres
     def _build_spheres(self, v: np.ndarray, j: np.ndarray, faces: np.ndarray) -> None:
@@ -380,6 +403,28 @@ class HandPrior:
         self.type_vertex_mask = torch.as_tensor(vmask)
         self.type_region_mask = torch.as_tensor(rmask)
 
+    def _closing_angles(self) -> dict[str, float]:
+        """Per type, the angle of its closing direction about the palm normal, from the finger
+        direction (radians): 0 for grasps whose fingers curl (palm grasps, hook); for grasps with
+        the thumb, the direction from the thumb's contacts to the fingers' in the closed pre-shape."""
+        a = self.palm_normal
+        u = self.finger_dir
+        w = np.cross(a, u)
+        out: dict[str, float] = {}
+        for name, gt in self.types.items():
+            thumb = [r for r in gt.contacts if r.startswith("thumb.")]
+            fingers = [r for r in gt.contacts if r.split(".")[0] in FINGER_NAMES[1:]]
+            if gt.anchor == "palm" or not thumb or not fingers:
+                out[name] = 0.0
+                continue
+            theta = torch.as_tensor(self.local_pose(blend_local_degrees(gt, 0.0))[None], dtype=torch.float32)
+            with torch.no_grad():
+                z = torch.zeros(1, 3)
+                v = self.hand(torch.zeros(1, 10), z, self.hand_pose(theta), z).vertices[0].double().numpy()
+            c = v[np.concatenate([self.regions.ids[r] for r in fingers])].mean(0) - v[np.concatenate([self.regions.ids[r] for r in thumb])].mean(0)
+            out[name] = float(np.arctan2(c @ w, c @ u))
+        return out
+
     def local_pose(self, degrees: np.ndarray) -> np.ndarray:
         """Free anatomical angles (radians) [..., num_free] of full local degrees [...,15,3]."""
         return np.deg2rad(np.asarray(degrees))[..., self.free.numpy()]
@@ -454,6 +499,39 @@ class ObjectContext:
         outside = d > 0
         first = torch.where(outside.any(1), outside.float().argmax(1), torch.full((len(p),), len(ts) - 1))
         return ts[first].numpy().astype(np.float64)
+
+    def thinnest_chord(
+        self, points: np.ndarray, normals: np.ndarray, directions: int = 12, max_len: float = 0.25, step: float = 0.003
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The thinnest direction across the object at each surface point and its chord length.
+
+        From the middle of the local thickness below each point (half ``local_width`` along
+        -normal, at most 2 cm deep), chords along ``directions`` directions perpendicular to the
+        normal are measured to where they leave the object (both ways). Returns unit directions
+        [N,3] and chord lengths [N] (metres): the line a hand closes across to hold that part.
+        """
+        p = np.asarray(points, np.float64)
+        n = np.asarray(normals, np.float64)
+        depth = np.minimum(0.5 * self.local_width(p, n), 0.02)
+        q = p - n * depth[:, None]
+        h = np.where(np.abs(n[:, :1]) < 0.9, np.array([[1.0, 0.0, 0.0]]), np.array([[0.0, 1.0, 0.0]]))
+        t1 = np.cross(n, h)
+        t1 /= np.linalg.norm(t1, axis=1, keepdims=True)
+        t2 = np.cross(n, t1)
+        ang = np.arange(directions) * np.pi / directions
+        dirs = np.cos(ang)[None, :, None] * t1[:, None] + np.sin(ang)[None, :, None] * t2[:, None]  # [N,K,3]
+        ts = torch.arange(step, max_len, step)
+        chord = np.zeros((len(p), directions))
+        with torch.no_grad():
+            for sign in (1.0, -1.0):
+                d = torch.as_tensor(sign * dirs, dtype=torch.float32)
+                probe = torch.as_tensor(q, dtype=torch.float32)[:, None, None] + d[:, :, None] * ts[None, None, :, None]
+                sd = self.sdf.query(probe.reshape(-1, 3)).reshape(len(p), directions, len(ts))
+                out = sd > 0
+                first = torch.where(out.any(-1), out.float().argmax(-1), torch.full(out.shape[:2], len(ts) - 1))
+                chord += ts[first].numpy()
+        k = chord.argmin(1)
+        return dirs[np.arange(len(p)), k], chord[np.arange(len(p)), k]
 
     def exact_distance(self, points: np.ndarray) -> np.ndarray:
         """Exact signed distance (negative inside) of points [N,3] (open3d)."""
@@ -675,7 +753,18 @@ class GraspSynthesizer:
             ids = np.concatenate([pr.regions.ids[r] for r in regs])
             anchor_local[b] = local[b, ids].mean(0)
         # approach points and frames
+        aligned = np.zeros(B, bool)
+        if cfg.align_roll > 0:
+            # one extra draw stream, so that the hands of align_roll = 0 are the same as before it
+            arng = np.random.default_rng(rng.integers(2**63))
+            thin_dir, chord = ctx.thinnest_chord(ctx.init_points, ctx.init_normals)
+            aligned = arng.uniform(size=B) < cfg.align_roll
         pick = rng.choice(len(ctx.init_points), size=B, replace=len(ctx.init_points) < B)
+        if aligned.any():
+            # aligned hands favour places with a chord a hand can close over (an edge, a rim, a handle)
+            ok = chord < cfg.graspable_chord
+            w = np.where(ok, 1.0, 0.03)
+            pick[aligned] = arng.choice(len(ctx.init_points), size=int(aligned.sum()), p=w / w.sum())
         p, nrm = ctx.init_points[pick], ctx.init_normals[pick]
         width = ctx.local_width(p, nrm)
         roll = rng.uniform(0.0, 2 * np.pi, size=B)
@@ -691,6 +780,11 @@ class GraspSynthesizer:
             t1 = np.cross(a_w, h)
             t1 /= np.linalg.norm(t1)
             t2 = np.cross(a_w, t1)
+            if aligned[b]:
+                # the closing direction sits at angle roll + phi in (t1, t2): put it on the thin chord
+                d = thin_dir[pick[b]]
+                phi = pr.closing_angle[names[type_idx[b]]]
+                roll[b] = np.arctan2(d @ t2, d @ t1) - phi + arng.choice([0.0, np.pi]) + arng.normal(0.0, np.deg2rad(12.0))
             u_w = np.cos(roll[b]) * t1 + np.sin(roll[b]) * t2
             world_basis = np.stack([a_w, u_w, np.cross(a_w, u_w)], axis=1)
             R = world_basis @ local_basis.T
@@ -889,7 +983,8 @@ class GraspSynthesizer:
         t0 = time.perf_counter()
         ctx = ObjectContext.build(mesh, cfg, rng)
         timings.update(ctx.timings)
-        batch = self.initial_hands(ctx, rng)
+        large = float(mesh.extents.max()) >= cfg.large_extent
+        batch = self.initial_hands(ctx, rng, n=round(cfg.hands_per_object * cfg.large_hands) if large else None)
         t1 = time.perf_counter()
         res = self.optimise(ctx, batch)
         timings["optimise_s"] = time.perf_counter() - t1
