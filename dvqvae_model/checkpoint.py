@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
-from dvqvae_model.atomic_io import fsync_path
+from dvqvae_model.io import fsync_path
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dvqvae_model.prior import GatedPixelCNNPrior, PriorConfig
+from dvqvae_model.nets.prior import GatedPixelCNNPrior, PriorConfig
 
 FORMAT_NAME = "dvqvae_ros.checkpoint"
 FORMAT_VERSION = 1
@@ -81,12 +81,12 @@ def resolve_checkpoint(spec: Union[str, Path], default_dir: Optional[Path] = Non
 
 
 def _build_dvqvae(cfg: dict, hand: Any) -> nn.Module:
-    mod = importlib.import_module("dvqvae_model.dvqvae")
+    mod = importlib.import_module("dvqvae_model.nets.dvqvae")
     return mod.DVQVAE(_config_from_dict(mod.DVQVAEConfig, cfg), hand)
 
 
 def _build_cvae(cfg: dict, hand: Any) -> nn.Module:
-    mod = importlib.import_module("dvqvae_model.cvae")
+    mod = importlib.import_module("dvqvae_model.nets.cvae")
     return mod.GraspCVAE(_config_from_dict(mod.CVAEConfig, cfg), hand)
 
 
@@ -181,7 +181,7 @@ def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
 def _hand_prefixes(model: nn.Module) -> list[str]:
     """Submodule prefixes that hold a hand model: its buffers come from the hand, not training."""
     try:
-        from dvqvae_model.hand_model import HandModel
+        from dvqvae_model.hand.hand_model import HandModel
     except Exception:  # noqa: BLE001 - hand layer missing: nothing to exclude
         return []
     return [name + "." for name, m in model.named_modules() if name and isinstance(m, HandModel)]
@@ -405,7 +405,7 @@ def load_checkpoint(
     paths = {role: _verify_file(ckpt, role, entry) for role, entry in meta["files"].items()}
 
     if hand is None or isinstance(hand, (str, Path)):
-        from dvqvae_model.hand_model import load_hand_model
+        from dvqvae_model.hand.hand_model import load_hand_model
 
         hand = load_hand_model(str(hand) if hand is not None else "standin")
     given_fp = getattr(hand, "fingerprint", None)

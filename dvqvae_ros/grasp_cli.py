@@ -43,12 +43,12 @@ def load_object_cloud(spec: str, num_points: int, *, partial_view: bool, seed: i
         if partial_view:
             raise ValueError("--partial-view needs a mesh; the object given is already a point cloud")
         return _read_cloud(path), None
-    from dvqvae_ros.sample_objects import load_object
+    from dvqvae_model.sim.sample_objects import load_object
 
     mesh = load_object(spec)
     rng = np.random.default_rng(seed)
     if partial_view:
-        from dvqvae_model import depth_camera as dc
+        from dvqvae_model.sim import depth_camera as dc
 
         points_cam, cam_to_world = dc.capture_object_cloud(mesh, rng)
         points = dc.transform_points(points_cam, cam_to_world)  # back into the object's frame
@@ -91,7 +91,7 @@ def write_grasp_files(out: Path, *, vertices: np.ndarray, mano: np.ndarray, keyp
     """grasps.npz, grasp_XX.ply, object_points.ply, viewer.html and grasps.png in ``out``."""
     import trimesh
 
-    from dvqvae_model.visualize import render_grasps_png
+    from dvqvae_model.sim.visualize import render_grasps_png
 
     out.mkdir(parents=True, exist_ok=True)
     faces = hand.faces.detach().cpu().numpy().astype(np.int64)
@@ -112,7 +112,7 @@ def write_grasp_files(out: Path, *, vertices: np.ndarray, mano: np.ndarray, keyp
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
     import io
 
-    from dvqvae_model.atomic_io import atomic_write_bytes
+    from dvqvae_model.io import atomic_write_bytes
 
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -140,7 +140,7 @@ def _write_viewer(path: Path, points: np.ndarray, vertices: np.ndarray, faces: n
 
 def quick_quality(vertices: np.ndarray, hand: Any, mesh: Any, *, simulate: bool = True) -> dict[str, float]:
     """Contact ratio, penetration volume and simulated displacement of hands against an object mesh."""
-    from dvqvae_training.metrics import evaluate_grasps
+    from dvqvae_training.evaluate.metrics import evaluate_grasps
 
     ev = evaluate_grasps(vertices, hand.sealed_faces.cpu().numpy(), hand.faces.cpu().numpy(), mesh,
                          simulate=simulate, pitch=0.002)
@@ -149,8 +149,8 @@ def quick_quality(vertices: np.ndarray, hand: Any, mesh: Any, *, simulate: bool 
 
 # -------------------------------------------------------------------------------------- generate
 def cmd_generate(args: argparse.Namespace) -> int:
-    from dvqvae_model.generator import GraspGenerator
-    from dvqvae_model.preprocess import CloudError
+    from dvqvae_model.pipeline.generator import GraspGenerator
+    from dvqvae_model.pipeline.preprocess import CloudError
 
     model_dir = _resolve_model(args.model)
     gen = GraspGenerator.from_checkpoint(model_dir, hand=args.hand)
@@ -295,9 +295,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
 
-    from dvqvae_model.hand_model import load_hand_model
+    from dvqvae_model.hand.hand_model import load_hand_model
     from dvqvae_ros.fake_camera_node import FakeDepthCamera
-    from dvqvae_ros.sample_objects import load_object
+    from dvqvae_model.sim.sample_objects import load_object
 
     t_start = time.monotonic()
     model_dir = _resolve_model(args.model)
@@ -375,7 +375,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
                               hand=hand, object_points=cloud,
                               title=f"demo: {args.object}, {len(vertices)} grasps from the ROS topics")
     # Quality against the true object, posed in the camera frame exactly as the fake camera saw it.
-    from dvqvae_model import depth_camera as dc
+    from dvqvae_model.sim import depth_camera as dc
 
     mesh = load_object(args.object)
     cam = FakeDepthCamera(mesh, distance=args.distance, azimuth_deg=30.0, elevation_deg=35.0,

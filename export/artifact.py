@@ -1,6 +1,6 @@
 """Artifact bookkeeping for ``dvqvae-export``: sidecar, hashes, cache keys, export results.
 
-The sidecar format, the hashes and the cache keys are defined in ``dvqvae_model.backends``
+The sidecar format, the hashes and the cache keys are defined in ``dvqvae_model.runtime.backends``
 because the runtime must check them and the model library never imports this package; they are
 re-exported here so that export code has one place to import them from. What this module adds
 is export-side: where an artifact came from (checkpoint digests) and a printable result.
@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from dvqvae_model.backends import (  # noqa: F401 - re-exported
+from dvqvae_model.runtime.backends import (  # noqa: F401 - re-exported
     ARTIFACT_FILES,
     ARTIFACT_FORMATS,
     DEFAULT_MAX_GRASPS,

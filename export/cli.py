@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from dvqvae_model.backends import (
+from dvqvae_model.runtime.backends import (
     ARTIFACT_FORMATS,
     DEFAULT_MAX_GRASPS,
     ONNX_OPSET,
@@ -65,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     """Load the checkpoint, export, return the summary (raises on failure)."""
-    from dvqvae_model.generator import GraspGenerator
+    from dvqvae_model.pipeline.generator import GraspGenerator
 
     from .artifact import checkpoint_source
 

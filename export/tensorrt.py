@@ -4,7 +4,7 @@ On a CUDA machine ``export_tensorrt`` compiles the sampling graph with
 ``torch_tensorrt.compile(module, ir="dynamo", inputs=[Input(...), Input(min/opt/max K), Input(...)])``
 (fp32, or fp16 through rule-based autocast / a half cast), saves it with
 ``torch_tensorrt.save(..., output_format="exported_program")`` and checks the reloaded
-``torch_tensorrt.load(path).module()`` against eager (see ``dvqvae_model.backends``).
+``torch_tensorrt.load(path).module()`` against eager (see ``dvqvae_model.runtime.backends``).
 
 Before that, and on any machine, ``check_exportable`` proves the part that does not need a GPU:
 the very graph TensorRT receives exports with ``torch.export.export`` with a symbolic grasp
@@ -22,7 +22,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from dvqvae_model.backends import (
+from dvqvae_model.runtime.backends import (
     DEFAULT_MAX_GRASPS,
     EXAMPLE_GRASPS,
     PARITY_TOLERANCE_M,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from dvqvae_model import backends as B
-from dvqvae_model.backends import (
+from dvqvae_model.runtime import backends as B
+from dvqvae_model.runtime.backends import (
     SIDECAR_NAME,
     ArtifactMismatch,
     BackendError,
@@ -28,11 +28,11 @@ from dvqvae_model.backends import (
     probe_points,
     select_backend,
 )
-from dvqvae_model.config import dvqvae_config, prior_config
-from dvqvae_model.dvqvae import DVQVAE
-from dvqvae_model.generator import GraspGenerator
-from dvqvae_model.hand_model import load_hand_model
-from dvqvae_model.prior import GatedPixelCNNPrior
+from dvqvae_model.nets.config import dvqvae_config, prior_config
+from dvqvae_model.nets.dvqvae import DVQVAE
+from dvqvae_model.pipeline.generator import GraspGenerator
+from dvqvae_model.hand.hand_model import load_hand_model
+from dvqvae_model.nets.prior import GatedPixelCNNPrior
 
 NUM_POINTS = 512
 TOL_M = 1e-4
@@ -161,7 +161,7 @@ def test_stale_cache_entry_is_rebuilt(gen, cache: Path, caplog) -> None:
     path = backend.artifact_path
     assert path is not None
     _edit_sidecar(path, lambda m: m["graph"].update(model_hash="0" * 64))
-    with caplog.at_level(logging.WARNING, logger="dvqvae_model.backends"):
+    with caplog.at_level(logging.WARNING, logger="dvqvae_model.runtime.backends"):
         fresh = cached_backend(gen, "torchscript", cache_dir=cache)
     assert "stale" in caplog.text and "model (checkpoint) hash differs" in caplog.text
     assert json.loads((path / SIDECAR_NAME).read_text())["graph"]["model_hash"] != "0" * 64
@@ -171,7 +171,7 @@ def test_stale_cache_entry_is_rebuilt(gen, cache: Path, caplog) -> None:
     data[len(data) // 2] ^= 0xFF
     (path / "graph.ts").write_bytes(bytes(data))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="dvqvae_model.backends"):
+    with caplog.at_level(logging.WARNING, logger="dvqvae_model.runtime.backends"):
         healed = cached_backend(gen, "torchscript", cache_dir=cache)
     assert "damaged" in caplog.text
     assert _matches_eager(gen, healed) <= TOL_M

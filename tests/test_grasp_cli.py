@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from dvqvae_model.checkpoint import save_checkpoint
-from dvqvae_model.config import preset
-from dvqvae_model.dvqvae import DVQVAE
-from dvqvae_model.hand_model import load_hand_model
-from dvqvae_model.prior import GatedPixelCNNPrior
+from dvqvae_model.nets.config import preset
+from dvqvae_model.nets.dvqvae import DVQVAE
+from dvqvae_model.hand.hand_model import load_hand_model
+from dvqvae_model.nets.prior import GatedPixelCNNPrior
 from dvqvae_ros import grasp_cli
 from ros_helpers import domain
 

@@ -7,7 +7,7 @@ import torch
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from dvqvae_training.metrics import (
+from dvqvae_training.evaluate.metrics import (
     DEFAULT_PITCH,
     ObjectGeometry,
     canonical_keypoints,
@@ -29,7 +29,7 @@ def lens_volume(r1: float, r2: float, d: float) -> float:
 
 @pytest.fixture(scope="module")
 def hand():
-    from dvqvae_model.hand_model import load_hand_model
+    from dvqvae_model.hand.hand_model import load_hand_model
 
     return load_hand_model("standin")
 

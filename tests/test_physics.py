@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from dvqvae_training.physics import (
+from dvqvae_training.synthesis.physics import (
     AXIS_DIRECTIONS,
     GraspSimulator,
     SimulationConfig,
@@ -26,7 +26,7 @@ def ball() -> trimesh.Trimesh:
 
 @pytest.fixture(scope="module")
 def hand():
-    from dvqvae_model.hand_model import load_hand_model
+    from dvqvae_model.hand.hand_model import load_hand_model
 
     return load_hand_model("standin")
 

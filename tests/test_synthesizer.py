@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from dvqvae_training.grasp_types import GRASP_TYPES, REGION_NAMES, blend_local_degrees
-from dvqvae_training.metrics import ObjectGeometry, penetration_volume
-from dvqvae_training.physics import GraspSimulator
-from dvqvae_training.synthesizer import (
+from dvqvae_training.synthesis.grasp_types import GRASP_TYPES, REGION_NAMES, blend_local_degrees
+from dvqvae_training.evaluate.metrics import ObjectGeometry, penetration_volume
+from dvqvae_training.synthesis.physics import GraspSimulator
+from dvqvae_training.synthesis.synthesizer import (
     REJECT_REASONS,
     GraspSynthesizer,
     ObjectContext,
@@ -18,7 +18,7 @@ from dvqvae_training.synthesizer import (
     fast_penetration_volume,
 )
 
-from dvqvae_model.hand_metadata import local_joint_limits, pose_from_local
+from dvqvae_model.hand.hand_metadata import local_joint_limits, pose_from_local
 
 # small but realistic: enough hands and steps that both test objects yield grasps
 SMALL = SynthConfig(hands_per_object=40, steps=80, cull_at=0.0, max_grasps_per_object=4)
@@ -26,7 +26,7 @@ SMALL = SynthConfig(hands_per_object=40, steps=80, cull_at=0.0, max_grasps_per_o
 
 @pytest.fixture(scope="module")
 def hand():
-    from dvqvae_model.hand_model import load_hand_model
+    from dvqvae_model.hand.hand_model import load_hand_model
 
     return load_hand_model("standin")
 
@@ -116,7 +116,7 @@ def test_batch_vertices_match_stored_params(hand, synth):
     ctx = ObjectContext.build(CYLINDER, synth.config, rng)
     batch = synth.initial_hands(ctx, rng, 6)
     v, kp = synth.pose_hands(batch, batch.theta, batch.delta + 0.1, batch.anchor_world)
-    from dvqvae_training.synthesizer import params_from_batch
+    from dvqvae_training.synthesis.synthesizer import params_from_batch
 
     moved = type(batch)(**{**batch.__dict__, "delta": batch.delta + 0.1})
     p = params_from_batch(hand, synth.prior, moved)
@@ -133,7 +133,7 @@ def test_initial_hands_face_the_object(synth):
     assert sorted(set(batch.type_idx.tolist())) == list(range(len(synth.prior.type_names)))
     lo, hi = synth.prior.lim_lo, synth.prior.lim_hi
     assert torch.all(batch.theta >= lo - 1e-6) and torch.all(batch.theta <= hi + 1e-6)
-    from dvqvae_training.synthesizer import rotation_matrix
+    from dvqvae_training.synthesis.synthesizer import rotation_matrix
 
     with torch.no_grad():
         R = rotation_matrix(batch.delta) @ batch.R0
@@ -181,7 +181,7 @@ def test_simplex_min_norm():
 
 def test_hand_prior_geometry(hand, synth):
     pr = synth.prior
-    from dvqvae_training.sdf import mesh_occupancy
+    from dvqvae_training.synthesis.sdf import mesh_occupancy
 
     rest = hand.rest()
     v = rest.vertices[0].double().numpy()

@@ -4,7 +4,7 @@ Each :class:`GraspType` names a human grasp of the usual taxonomies (power wrap,
 tripod, lateral/key grip, spherical power grasp, hook, precision disk) by
 
 - two postures written as twist/spread/bend angles per joint (degrees, the convention of
-  :mod:`dvqvae_model.hand_poses`, so they mean the same on any MANO-layout hand): ``open`` (the
+  :mod:`dvqvae_model.hand.hand_poses`, so they mean the same on any MANO-layout hand): ``open`` (the
   hand approaching the object) and ``closed`` (the type's characteristic closed posture); the
   synthesizer starts from a random blend of the two plus jitter, the optimiser does the rest;
 - the contact regions that should touch the object (finger pads per phalanx, the palm, the radial
@@ -25,13 +25,13 @@ from typing import Any
 
 import numpy as np
 
-from dvqvae_model.hand_metadata import (
+from dvqvae_model.hand.hand_metadata import (
     FINGER_JOINTS,
     FINGER_NAMES,
     local_joint_limits,
     vertex_normals,
 )
-from dvqvae_model.hand_poses import FingerAngles, PoseSpec, ThumbAngles
+from dvqvae_model.hand.hand_poses import FingerAngles, PoseSpec, ThumbAngles
 
 __all__ = [
     "GRASP_TYPES",

@@ -5,10 +5,10 @@ diversity bound every model trained on them.
 
 Pipeline per object (:meth:`GraspSynthesizer.synthesize`):
 
-1. Object context: a grid SDF (:class:`dvqvae_training.sdf.ObjectSDF`, trilinear ``grid_sample``)
+1. Object context: a grid SDF (:class:`dvqvae_training.synthesis.sdf.ObjectSDF`, trilinear ``grid_sample``)
    for cheap differentiable distances, surface samples, and the pybullet convex decomposition
-   (cached on disk by :mod:`dvqvae_training.physics`, decomposed once per object).
-2. Initial hands (hundreds at once): a grasp type per hand (:mod:`dvqvae_training.grasp_types`),
+   (cached on disk by :mod:`dvqvae_training.synthesis.physics`, decomposed once per object).
+2. Initial hands (hundreds at once): a grasp type per hand (:mod:`dvqvae_training.synthesis.grasp_types`),
    its pre-shape blended between open and closed plus joint jitter, random shape (betas); the hand
    is placed at a surface point that is visible from outside, palm facing the object along the
    surface normal, a random roll about the approach and a small tilt; power grasps put the palm at
@@ -35,7 +35,7 @@ Pipeline per object (:meth:`GraspSynthesizer.synthesize`):
    remaining steps go to promising hands; type shares stay as initialised).
 4. Acceptance, cheapest test first, every rejection counted by reason: digits in contact (at
    least three, i.e. thumb + two or three fingers), self-collision, deep penetration (SDF), the
-   exact penetration volume (1 mm lattice, same definition as :mod:`dvqvae_training.metrics`,
+   exact penetration volume (1 mm lattice, same definition as :mod:`dvqvae_training.evaluate.metrics`,
    evaluated only where it can be non-zero), the pybullet displacement of the published
    protocol (< 2 cm), the same with gravity pulling the object out of the palm (< 2 cm; a hand
    that only supports the object from below is not a grasp), near-duplicates of already accepted
@@ -58,19 +58,19 @@ from typing import Any
 import numpy as np
 import torch
 import trimesh
-from dvqvae_training.grasp_types import (
+from dvqvae_training.synthesis.grasp_types import (
     GRASP_TYPES,
     GraspType,
     HandRegions,
     blend_local_degrees,
     compute_hand_regions,
 )
-from dvqvae_training.metrics import overlap_lattice
-from dvqvae_training.sdf import ObjectSDF, _raycasting_scene, mesh_occupancy
+from dvqvae_training.evaluate.metrics import overlap_lattice
+from dvqvae_training.synthesis.sdf import ObjectSDF, _raycasting_scene, mesh_occupancy
 from torch import Tensor
 
-from dvqvae_model.hand_metadata import FINGER_JOINTS, local_joint_limits
-from dvqvae_model.hand_model import HandModel
+from dvqvae_model.hand.hand_metadata import FINGER_JOINTS, local_joint_limits
+from dvqvae_model.hand.hand_model import HandModel
 
 __all__ = [
     "METRIC_NAMES",
@@ -553,7 +553,7 @@ def fast_penetration_volume(
     hand_far: float = 0.035,
 ) -> float:
     """Volume (m^3) inside both the sealed hand and the object, exactly as
-    :func:`dvqvae_training.metrics.penetration_volume` counts it (global lattice of cell centres
+    :func:`dvqvae_training.evaluate.metrics.penetration_volume` counts it (global lattice of cell centres
     (k + 1/2) * pitch in the bounding-box overlap, majority ray-parity occupancy of both meshes),
     but only where a lattice point can be inside both.
 
@@ -878,7 +878,7 @@ class GraspSynthesizer:
         cache_dir: str | None = None,
     ) -> ObjectGrasps:
         """Optimise and check grasps on ``mesh``; deterministic in (object_id, seed)."""
-        from dvqvae_training.physics import GraspSimulator
+        from dvqvae_training.synthesis.physics import GraspSimulator
 
         cfg, pr = self.config, self.prior
         oid = object_id if object_id is not None else _mesh_id(mesh)

@@ -8,7 +8,7 @@
   tested for being inside both meshes (ray-parity occupancy, majority of 3 rays);
   volume = count * pitch^3 (midpoint rule). Accuracy on two overlapping spheres is
   tested in tests/test_metrics.py;
-- simulation displacement (cm): :mod:`dvqvae_training.physics`;
+- simulation displacement (cm): :mod:`dvqvae_training.synthesis.physics`;
 - diversity: k-means (k = 20, fixed seed) on the 61-d parameters or on canonicalised
   21 keypoints in cm (HALO style); entropy of the cluster shares in nats (max ln k)
   and mean distance of the samples to their assigned centre ("cluster size");
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import trimesh
 
-from dvqvae_training.sdf import _raycasting_scene, mesh_occupancy
+from dvqvae_training.synthesis.sdf import _raycasting_scene, mesh_occupancy
 
 CONTACT_THRESHOLD = 0.005  # metres
 DEFAULT_PITCH = 0.001  # metres; see module doc and the report for accuracy/time
@@ -277,7 +277,7 @@ def evaluate_grasps(
 
     ``hand_faces`` (the open MANO faces, as in the published protocol) are used for
     the simulation, ``hand_sealed_faces`` for the penetration volume. Pass a
-    :class:`dvqvae_training.physics.GraspSimulator` of this object to reuse it.
+    :class:`dvqvae_training.synthesis.physics.GraspSimulator` of this object to reuse it.
     """
     geo = ObjectGeometry(object_mesh)
     hv = _np(hand_vertices).astype(np.float64)
@@ -287,7 +287,7 @@ def evaluate_grasps(
     pen = penetration_volumes_cm3(hv, hand_sealed_faces, geo, pitch)
     disp = None
     if simulate:
-        from dvqvae_training.physics import GraspSimulator
+        from dvqvae_training.synthesis.physics import GraspSimulator
 
         sim = simulator if simulator is not None else GraspSimulator(object_mesh)
         try:

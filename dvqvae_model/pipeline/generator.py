@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dvqvae_model.backends import InferenceBackend, select_backend
-from dvqvae_model.hand_model import KEYPOINT_SOURCE, SLICE_TRANSL, HandModel, load_hand_model
-from dvqvae_model.preprocess import CloudError, prepare_cloud
-from dvqvae_model.prior import GatedPixelCNNPrior, gumbel_noise
-from dvqvae_model.refine import RefineConfig, refine_grasps
-from dvqvae_model.sampling_graph import CVAESamplingGraph, SamplingGraph, ScoreWeights
+from dvqvae_model.runtime.backends import InferenceBackend, select_backend
+from dvqvae_model.hand.hand_model import KEYPOINT_SOURCE, SLICE_TRANSL, HandModel, load_hand_model
+from dvqvae_model.pipeline.preprocess import CloudError, prepare_cloud
+from dvqvae_model.nets.prior import GatedPixelCNNPrior, gumbel_noise
+from dvqvae_model.pipeline.refine import RefineConfig, refine_grasps
+from dvqvae_model.nets.sampling_graph import CVAESamplingGraph, SamplingGraph, ScoreWeights
 
 MIN_INPUT_POINTS = 64
 # joints[j] = keypoints[JOINTS_FROM_KEYPOINTS[j]]: the 16 MANO joints are a subset of the 21 keypoints.
@@ -112,7 +112,7 @@ class GraspGenerator:
         self.faces = hand.faces.detach().cpu().numpy().astype(np.int64)
         self._graphs: dict[Optional[int], nn.Module] = {}
         self._joint_index = torch.tensor(JOINTS_FROM_KEYPOINTS, dtype=torch.long)
-        # Inference backend (dvqvae_model.backends): "eager" | "torchscript" | "onnx" | "tensorrt" | "auto"
+        # Inference backend (dvqvae_model.runtime.backends): "eager" | "torchscript" | "onnx" | "tensorrt" | "auto"
         # or a backend object; backend_options: artifact, cache_dir, force_rebuild, fp16, max_grasps.
         self.backend: InferenceBackend = select_backend(backend, self, **(backend_options or {}))
         logging.getLogger(__name__).info("GraspGenerator inference backend: %s", self.backend.describe())

@@ -11,9 +11,9 @@
 """
 from __future__ import annotations
 
-from dvqvae_model.cvae import CVAEConfig
-from dvqvae_model.dvqvae import DVQVAEConfig
-from dvqvae_model.prior import PriorConfig
+from dvqvae_model.nets.cvae import CVAEConfig
+from dvqvae_model.nets.dvqvae import DVQVAEConfig
+from dvqvae_model.nets.prior import PriorConfig
 
 PRESETS = ("paper", "compact")
 DEFAULT_PRESET = "compact"

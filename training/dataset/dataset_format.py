@@ -50,7 +50,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from dvqvae_model.atomic_io import atomic_write_bytes
+from dvqvae_model.io import atomic_write_bytes
 
 FORMAT_NAME = "dvqvae-grasp-dataset"
 FORMAT_VERSION = 1

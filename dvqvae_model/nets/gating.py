@@ -1,7 +1,7 @@
 """Skeletal-physics gating of the decoded hand pose (paper eq. 7-8).
 
 ``pose' = pose + G(theta) * T(pose)``: ``theta`` are the ten bend angles between adjacent bones of the
-hand posed with the *decoded* pose (``dvqvae_model.skeleton.bend_angles``), ``G`` maps them to a gate in
+hand posed with the *decoded* pose (``dvqvae_model.hand.skeleton.bend_angles``), ``G`` maps them to a gate in
 (0, 1) per pose value and ``T`` proposes a correction from the pose itself. The released code defines
 the network but never trains or uses it; here it sits in the decoding path and is trained by the
 posture / vertex / contact losses that follow it.
@@ -56,6 +56,6 @@ class SkeletalGating(nn.Module):
 
     def from_joints(self, pose: Tensor, joints: Tensor) -> tuple[Tensor, Tensor]:
         """Same as ``forward`` with the angles computed from posed joints ``[B, 16, 3]`` (MANO order)."""
-        from dvqvae_model.skeleton import bend_angles
+        from dvqvae_model.hand.skeleton import bend_angles
 
         return self.forward(pose, bend_angles(joints))

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor
 
-from dvqvae_model.hand_model import SLICE_BETAS, SLICE_GLOBAL_ORIENT, SLICE_HAND_POSE, SLICE_TRANSL
+from dvqvae_model.hand.hand_model import SLICE_BETAS, SLICE_GLOBAL_ORIENT, SLICE_HAND_POSE, SLICE_TRANSL
 
 # Posture = betas + hand pose (55 values), position = global orient + translation (6 values).
 POSTURE_INDEX = [*range(SLICE_BETAS.start, SLICE_BETAS.stop), *range(SLICE_HAND_POSE.start, SLICE_HAND_POSE.stop)]

@@ -17,9 +17,9 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from dvqvae_model.config import DEFAULT_PRESET, PRESETS
-from dvqvae_model.dvqvae import VARIANTS
-from dvqvae_training.train import (
+from dvqvae_model.nets.config import DEFAULT_PRESET, PRESETS
+from dvqvae_model.nets.dvqvae import VARIANTS
+from dvqvae_training.train.train import (
     EXIT_RESUMABLE,
     PriorTrainConfig,
     TrainConfig,

@@ -1,14 +1,14 @@
 """PyTorch datasets: our grasp format, the authors' ObMan arrays, folders of test meshes.
 
 Every sample is in a *centred* frame: object points minus their mean (the model's
-input convention, as ``dvqvae_model.preprocess.prepare_cloud`` does at run time) and
+input convention, as ``dvqvae_model.pipeline.preprocess.prepare_cloud`` does at run time) and
 hand parameters expressed in that same frame (translation shifted; rotations
 composed correctly, see :func:`transform_hand_params`).
 
 Augmentation (``Augmentation``) applies one random rigid motion to object and hand
 together (uniform SO(3) rotation about the object frame's origin, plus an optional
 translation), optionally replaces the full cloud by a single-view partial cloud (the
-simulated depth camera of ``dvqvae_model.depth_camera`` on the object's mesh, or a
+simulated depth camera of ``dvqvae_model.sim.depth_camera`` on the object's mesh, or a
 visibility cut of the stored points when no mesh is at hand), adds depth noise,
 drops points, resamples to N and re-centres on the observed cloud's mean.
 """
@@ -27,7 +27,7 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 from torch.utils.data import Dataset
 
-from dvqvae_training.dataset_format import DatasetReader, sample_surface
+from dvqvae_training.dataset.dataset_format import DatasetReader, sample_surface
 
 PARAM_DIM = 61
 S_BETAS, S_ORIENT, S_POSE, S_TRANSL = slice(0, 10), slice(10, 13), slice(13, 58), slice(58, 61)
@@ -164,7 +164,7 @@ def make_view(
         if method == "depth_camera":
             if mesh_fn is None:
                 raise ValueError("partial_method='depth_camera' needs the object's mesh")
-            from dvqvae_model.depth_camera import capture_object_cloud, transform_points
+            from dvqvae_model.sim.depth_camera import capture_object_cloud, transform_points
 
             mesh = mesh_fn()
             reach = float(np.linalg.norm(np.asarray(mesh.vertices) - mesh.bounds.mean(0), axis=1).max())
@@ -297,7 +297,7 @@ def _has_mesh(source: str) -> bool:
 
 def mesh_from_source(source: str) -> Any:
     """Rebuild an object's mesh from its ``object_source`` JSON ({"recipe": ...} or {"mesh": path, ...})."""
-    from dvqvae_training.objects import ObjectRecipe, load_mesh, load_random_urdf, make_object
+    from dvqvae_training.synthesis.objects import ObjectRecipe, load_mesh, load_random_urdf, make_object
 
     d = json.loads(source)
     if "recipe" in d:
@@ -408,7 +408,7 @@ class MeshFolderDataset(Dataset):
         seed: int = 0,
         keep_meshes: bool = True,
     ):
-        from dvqvae_training.objects import MeshRejected, find_mesh_files, load_mesh
+        from dvqvae_training.synthesis.objects import MeshRejected, find_mesh_files, load_mesh
 
         self.folder = Path(folder)
         self.num_points = int(num_points)

@@ -41,11 +41,11 @@ from torch import Tensor, nn
 from smplx.lbs import batch_rodrigues
 
 from dvqvae_model.serializable import SerializableConfig
-from dvqvae_model.codebook import Codebook
-from dvqvae_model.gating import SkeletalGating, mlp
-from dvqvae_model.hand_model import HandModel, HandOutput
-from dvqvae_model.losses import LossWeights, grasp_losses
-from dvqvae_model.pointnet import GroupedMLP, PointNet
+from dvqvae_model.nets.codebook import Codebook
+from dvqvae_model.nets.gating import SkeletalGating, mlp
+from dvqvae_model.hand.hand_model import HandModel, HandOutput
+from dvqvae_model.nets.losses import LossWeights, grasp_losses
+from dvqvae_model.nets.pointnet import GroupedMLP, PointNet
 
 VARIANTS = ("full", "single_codebook", "no_dual_stage", "one_object_encoder", "reverse_order")
 PART_NAMES = ("thumb", "index", "middle", "ring", "pinky", "palm")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dvqvae_model.prior import GatedPixelCNNPrior
+from dvqvae_model.nets.prior import GatedPixelCNNPrior
 
 FINGERTIP_KEYPOINTS = (4, 8, 12, 16, 20)  # thumb, index, middle, ring, pinky tips in the 21-keypoint order
 PENETRATION_GATE_M = 0.02

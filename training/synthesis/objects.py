@@ -25,7 +25,7 @@ import numpy as np
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from dvqvae_training import implicit as imp
+from dvqvae_training.synthesis import implicit as imp
 
 MIN_EXTENT = 0.04
 MAX_EXTENT = 0.25

@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from dvqvae_model.atomic_io import atomic_write_bytes
-from dvqvae_training.dataset_format import (
+from dvqvae_model.io import atomic_write_bytes
+from dvqvae_training.dataset.dataset_format import (
     MANIFEST,
     PARAM_DIM,
     SPLITS,
@@ -55,7 +55,7 @@ def points_hash(points: np.ndarray, normals: np.ndarray) -> str:
 
 def point_seed(object_id: str, source: dict[str, Any]) -> int:
     """Seed of an object's surface points as ``dvqvae-data synth`` drew them."""
-    from dvqvae_training.synthesizer import object_seed
+    from dvqvae_training.synthesis.synthesizer import object_seed
 
     seed = source.get("synth", {}).get("seed")
     if seed is None:
@@ -148,7 +148,7 @@ def read_compact(folder: str | os.PathLike) -> tuple[dict[str, Any], dict[str, n
 
 
 def _rebuild_object(args: tuple[str, str, int, int]) -> tuple[str, np.ndarray, np.ndarray]:
-    from dvqvae_training.datasets import mesh_from_source
+    from dvqvae_training.dataset.datasets import mesh_from_source
 
     object_id, source, seed, num_points = args
     mesh = mesh_from_source(source)

@@ -3,7 +3,7 @@
 ``load_hand_model("standin")`` uses the openly generated stand-in shipped in
 ``dvqvae_model/assets``; ``load_hand_model("/path/to/MANO_RIGHT.pkl")`` (or its folder) uses the
 licensed MANO model. Either file is read with our restricted unpickler
-(:mod:`dvqvae_model.mano_pickle`) and handed to ``smplx.MANO`` through ``data_struct`` so smplx
+(:mod:`dvqvae_model.hand.mano_pickle`) and handed to ``smplx.MANO`` through ``data_struct`` so smplx
 never unpickles anything itself.
 
 The forward pass calls smplx's own ``lbs`` on the buffers smplx.MANO built, but with the

@@ -2,7 +2,7 @@
 
 Poses are written as twist/spread/bend angles per joint (degrees), so they mean the same thing on
 any MANO-layout hand: :func:`pose_vector` maps them through the hand's joint frames
-(``HandMetadata.joint_frames``, see :mod:`dvqvae_model.hand_metadata`) into the 45 axis-angle
+(``HandMetadata.joint_frames``, see :mod:`dvqvae_model.hand.hand_metadata`) into the 45 axis-angle
 values. They stay inside the joint limits and double as grasp pre-shapes for the data synthesiser.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ Every backend is a callable with the signature of ``GraspGenerator.run_graph``::
     backend(points [B, N, 3], noise [B*K, ...], temperature: float, top_k: int | None)
         -> (params [B*K, 61], vertices [B*K, 778, 3], keypoints [B*K, 21, 3], scores [B*K])
 
-and runs the whole sampling graph (``dvqvae_model.sampling_graph``): object encoders -> object
+and runs the whole sampling graph (``dvqvae_model.nets.sampling_graph``): object encoders -> object
 token -> prior (Gumbel-max from the explicit noise input) -> codebook lookup -> posture decoder
 with gating -> hand layer -> position decoder -> hand layer -> scores.
 
@@ -54,12 +54,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dvqvae_model.atomic_io import fsync_path
+from dvqvae_model.io import fsync_path
 
-from dvqvae_model.mano_pickle import cache_dir
+from dvqvae_model.hand.mano_pickle import cache_dir
 
 if TYPE_CHECKING:  # the generator imports this module; no import cycle at run time
-    from dvqvae_model.generator import GraspGenerator
+    from dvqvae_model.pipeline.generator import GraspGenerator
 
 log = logging.getLogger(__name__)
 
@@ -450,7 +450,7 @@ def fold_batch_norms(module: nn.Module) -> int:
     trained. Handles ``pointnet.GroupedLinear`` + ``GroupedBatchNorm`` (channel ``g * C + c``) and
     ``nn.Linear`` + ``nn.BatchNorm1d``. Returns the number of folded pairs.
     """
-    from dvqvae_model.pointnet import GroupedBatchNorm, GroupedLinear
+    from dvqvae_model.nets.pointnet import GroupedBatchNorm, GroupedLinear
 
     folded = 0
     for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
@@ -1015,7 +1015,7 @@ def cached_artifact(generator: "GraspGenerator", fmt: str, *, top_k: Optional[in
     elif force_rebuild:
         log.info("force_rebuild: building %s artifact %s", fmt, directory)
     build_artifact(generator, fmt, directory, top_k=top_k, max_grasps=max_grasps, fp16=fp16, opset=opset,
-                   device=dev, source={"built_by": "dvqvae_model.backends cache"})
+                   device=dev, source={"built_by": "dvqvae_model.runtime.backends cache"})
     meta = read_sidecar(directory)
     return _open(fmt, directory, meta, dev)
 

@@ -12,7 +12,7 @@ Subcommands::
     dvqvae-data unpack OUT DIR [--workers 2]  # rebuild the full dataset from it (checked, resumable)
 
 ``synth`` is resumable: the work unit is one object; the dataset writer
-(:mod:`dvqvae_training.dataset_format`) commits whole objects atomically, so a killed run started
+(:mod:`dvqvae_training.dataset.dataset_format`) commits whole objects atomically, so a killed run started
 again with the same arguments skips what was committed and redoes the rest (nothing lost, nothing
 twice). Each object's grasps are deterministic in (object id, ``--seed``), whatever the worker
 count or order. Per object the source JSON keeps the synthesis summary (candidates, rejections by
@@ -53,7 +53,7 @@ class ObjectJob:
 
 def recipe_list(count: int, seed: int = 0, families: Sequence[str] | None = None) -> list[Any]:
     """``count`` procedural recipes: families round-robin, parameters drawn from (seed, i)."""
-    from dvqvae_training.objects import FAMILIES, recipe_from_seed
+    from dvqvae_training.synthesis.objects import FAMILIES, recipe_from_seed
 
     fams = list(families or FAMILIES)
     bad = [f for f in fams if f not in FAMILIES]
@@ -73,7 +73,7 @@ def recipe_list(count: int, seed: int = 0, families: Sequence[str] | None = None
 
 def make_jobs(args: argparse.Namespace) -> list[ObjectJob]:
     """Jobs for the object source chosen on the command line."""
-    from dvqvae_training.objects import (
+    from dvqvae_training.synthesis.objects import (
         ObjectRecipe,
         find_mesh_files,
         random_urdf_ids,
@@ -94,7 +94,7 @@ def make_jobs(args: argparse.Namespace) -> list[ObjectJob]:
 
 def load_job_mesh(job: ObjectJob) -> tuple[Any, dict[str, Any]]:
     """(watertight mesh in metres, source dict for the dataset) of a job."""
-    from dvqvae_training.objects import (
+    from dvqvae_training.synthesis.objects import (
         ObjectRecipe,
         load_mesh,
         load_random_urdf,
@@ -119,9 +119,9 @@ _WORKER: dict[str, Any] = {}
 def _worker_init(hand_spec: str, config: dict[str, Any], cache_dir: str | None) -> None:
     """Per-process state: one thread, the hand model and the synthesizer (built once)."""
     import torch
-    from dvqvae_training.synthesizer import GraspSynthesizer, SynthConfig
+    from dvqvae_training.synthesis.synthesizer import GraspSynthesizer, SynthConfig
 
-    from dvqvae_model.hand_model import load_hand_model
+    from dvqvae_model.hand.hand_model import load_hand_model
 
     torch.set_num_threads(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and terminates us
@@ -132,9 +132,9 @@ def _worker_init(hand_spec: str, config: dict[str, Any], cache_dir: str | None) 
 
 def run_job(job: ObjectJob, seed: int, num_points: int = DEFAULT_POINTS) -> dict[str, Any]:
     """Synthesise one object in this process (worker state from :func:`_worker_init`)."""
-    from dvqvae_training.dataset_format import sample_surface
-    from dvqvae_training.objects import MeshRejected
-    from dvqvae_training.synthesizer import object_seed
+    from dvqvae_training.dataset.dataset_format import sample_surface
+    from dvqvae_training.synthesis.objects import MeshRejected
+    from dvqvae_training.synthesis.synthesizer import object_seed
 
     t0 = time.perf_counter()
     try:
@@ -167,9 +167,9 @@ def run_job(job: ObjectJob, seed: int, num_points: int = DEFAULT_POINTS) -> dict
 
 
 def _writer(out: Path, cfg: Any, hand: Any, num_points: int, objects_per_shard: int) -> Any:
-    from dvqvae_training.dataset_format import DatasetWriter
-    from dvqvae_training.grasp_types import GRASP_TYPE_NAMES, type_table
-    from dvqvae_training.synthesizer import METRIC_NAMES, SYNTH_VERSION
+    from dvqvae_training.dataset.dataset_format import DatasetWriter
+    from dvqvae_training.synthesis.grasp_types import GRASP_TYPE_NAMES, type_table
+    from dvqvae_training.synthesis.synthesizer import METRIC_NAMES, SYNTH_VERSION
 
     return DatasetWriter(
         out,
@@ -203,7 +203,7 @@ def synth(
 
     from tqdm import tqdm
 
-    from dvqvae_model.hand_model import load_hand_model
+    from dvqvae_model.hand.hand_model import load_hand_model
 
     log = log or sys.stderr
     hand = load_hand_model(hand_spec)
@@ -306,7 +306,7 @@ SIZE_BINS_LABELS = ("<6 cm", "6-10 cm", "10-15 cm", "15-20 cm", ">=20 cm")
 
 def dataset_stats(root: str | os.PathLike) -> dict[str, Any]:
     """Counts per split / type / family, metric arrays, summed synthesis bookkeeping."""
-    from dvqvae_training.dataset_format import SPLITS, DatasetReader
+    from dvqvae_training.dataset.dataset_format import SPLITS, DatasetReader
 
     reader = DatasetReader(root, verify="size")
     types = reader.grasp_types
@@ -511,7 +511,7 @@ def render_grasps_figure(
 def _gallery_items(reader: Any, hand: Any, objects: int, grasps: int, split: str | None, seed: int) -> list[dict[str, Any]]:
     """Up to ``objects`` random objects with grasps, each with up to ``grasps`` hands (types spread)."""
     import torch
-    from dvqvae_training.datasets import mesh_from_source
+    from dvqvae_training.dataset.datasets import mesh_from_source
 
     with_grasps = [oid for oid in reader.object_ids(split) if reader.object(oid)["params"].shape[0]]
     rng = np.random.default_rng(seed)
@@ -560,9 +560,9 @@ def render_gallery(
 ) -> list[Path]:
     """PNG per object (up to ``grasps`` grasps, types spread, three views); with ``sheet`` also
     one overview picture (a row per object, one view); returns the paths."""
-    from dvqvae_training.dataset_format import DatasetReader
+    from dvqvae_training.dataset.dataset_format import DatasetReader
 
-    from dvqvae_model.hand_model import load_hand_model
+    from dvqvae_model.hand.hand_model import load_hand_model
 
     reader = DatasetReader(root, verify="size")
     hand = load_hand_model(hand_spec)
@@ -619,7 +619,7 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from dvqvae_training.synthesizer import SynthConfig
+    from dvqvae_training.synthesis.synthesizer import SynthConfig
 
     d = SynthConfig()
     ap = argparse.ArgumentParser(prog="dvqvae-data", description="Synthesise and inspect the grasp training set.")
@@ -679,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _cmd_objects(a: argparse.Namespace) -> int:
-    from dvqvae_training.objects import make_object
+    from dvqvae_training.synthesis.objects import make_object
 
     fams = a.families.split(",") if a.families else None
     recs = recipe_list(a.count, a.object_seed, fams)
@@ -703,7 +703,7 @@ def _cmd_objects(a: argparse.Namespace) -> int:
 
 
 def _cmd_synth(a: argparse.Namespace) -> int:
-    from dvqvae_training.synthesizer import SynthConfig
+    from dvqvae_training.synthesis.synthesizer import SynthConfig
 
     extra = json.loads(a.config) if a.config else {}
     cfg = SynthConfig.from_dict(
@@ -763,8 +763,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(format_stats(st))
         return 0
     if a.cmd in ("pack", "unpack"):
-        from dvqvae_training import compact
-        from dvqvae_training.dataset_format import DatasetError
+        from dvqvae_training.dataset import compact
+        from dvqvae_training.dataset.dataset_format import DatasetError
 
         try:
             if a.cmd == "pack":

@@ -13,7 +13,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from dvqvae_training.evaluate import (
+from dvqvae_training.evaluate.evaluate import (
     EvalConfig,
     ModelSpec,
     evaluate,

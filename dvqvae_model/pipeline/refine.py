@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dvqvae_model.hand_model import SLICE_BETAS, SLICE_GLOBAL_ORIENT, SLICE_HAND_POSE, SLICE_TRANSL
-from dvqvae_model.losses import nearest_neighbours, vertex_normals
-from dvqvae_model.sampling_graph import FINGERTIP_KEYPOINTS
+from dvqvae_model.hand.hand_model import SLICE_BETAS, SLICE_GLOBAL_ORIENT, SLICE_HAND_POSE, SLICE_TRANSL
+from dvqvae_model.nets.losses import nearest_neighbours, vertex_normals
+from dvqvae_model.nets.sampling_graph import FINGERTIP_KEYPOINTS
 
 
 @dataclass

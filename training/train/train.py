@@ -59,15 +59,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from dvqvae_model.checkpoint import LoadedCheckpoint, load_checkpoint, read_checkpoint_config, save_checkpoint
-from dvqvae_model.config import cvae_config, dvqvae_config, prior_config
-from dvqvae_model.cvae import CVAEConfig, GraspCVAE
-from dvqvae_model.dvqvae import DVQVAE, DVQVAEConfig
-from dvqvae_model.hand_model import HandModel, load_hand_model
-from dvqvae_model.losses import LossWeights, weighted_total
-from dvqvae_model.prior import GatedPixelCNNPrior, PriorConfig
-from dvqvae_model.atomic_io import atomic_write_bytes
-from dvqvae_training.dataset_format import DatasetReader
-from dvqvae_training.datasets import Augmentation, GraspDataset
+from dvqvae_model.nets.config import cvae_config, dvqvae_config, prior_config
+from dvqvae_model.nets.cvae import CVAEConfig, GraspCVAE
+from dvqvae_model.nets.dvqvae import DVQVAE, DVQVAEConfig
+from dvqvae_model.hand.hand_model import HandModel, load_hand_model
+from dvqvae_model.nets.losses import LossWeights, weighted_total
+from dvqvae_model.nets.prior import GatedPixelCNNPrior, PriorConfig
+from dvqvae_model.io import atomic_write_bytes
+from dvqvae_training.dataset.dataset_format import DatasetReader
+from dvqvae_training.dataset.datasets import Augmentation, GraspDataset
 
 STATE_FORMAT = "dvqvae-train-state"
 STATE_VERSION = 1
@@ -91,7 +91,7 @@ class TrainConfig:
 
     data_dir: str = ""
     out_dir: str = "out/train"
-    preset: str = "compact"  # model size preset (dvqvae_model.config)
+    preset: str = "compact"  # model size preset (dvqvae_model.nets.config)
     variant: str = "full"  # DVQ-VAE ablation variant
     position_sees_codes: bool = False  # DVQVAEConfig.position_sees_codes
     hand: str = "standin"  # hand model spec (load_hand_model)
@@ -523,7 +523,7 @@ def cloud_contact_penetration(vertices: Tensor, points: Tensor, normals: Tensor,
 
     A hand vertex is inside the object when it lies behind the outward normal of its nearest object
     point. Returns (contact [B] bool: any vertex inside or within ``threshold``, depth [B] in mm: the
-    deepest inside vertex). The mesh-exact metrics are in ``dvqvae_training.evaluate``.
+    deepest inside vertex). The mesh-exact metrics are in ``dvqvae_training.evaluate.evaluate``.
     """
     contact, depth = [], []
     for v, p, n in zip(vertices, points, normals):

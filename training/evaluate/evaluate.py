@@ -6,7 +6,7 @@ measured against the object *mesh*:
 
 * contact ratio (%)        share of grasps with a hand vertex inside or within 5 mm of the object;
 * penetration (cm^3)       solid volume inside both the sealed hand and the object on a lattice of
-                           stated pitch (default 1 mm; see ``dvqvae_training.metrics``);
+                           stated pitch (default 1 mm; see ``dvqvae_training.evaluate.metrics``);
 * displacement (cm)        pybullet simulation of the ObMan / GraspTTA protocol (object under
                            gravity held by the static hand, 35 steps);
 * entropy / cluster size   k-means (k = 20) over all grasps of a model: on the 61 parameters (the
@@ -34,9 +34,9 @@ import torch
 import trimesh
 from tqdm import tqdm
 
-from dvqvae_model.generator import GraspGenerator
-from dvqvae_model.hand_model import HandModel, load_hand_model
-from dvqvae_training.metrics import (
+from dvqvae_model.pipeline.generator import GraspGenerator
+from dvqvae_model.hand.hand_model import HandModel, load_hand_model
+from dvqvae_training.evaluate.metrics import (
     K_CLUSTERS,
     ObjectGeometry,
     canonical_keypoints,
@@ -111,8 +111,8 @@ class ModelSpec:
 
 def objects_from_dataset(data_dir: str | Path, split: str = "test", max_objects: int = 0) -> list[TestObject]:
     """Objects of a split of one of our datasets, meshes rebuilt from their recipe / mesh path."""
-    from dvqvae_training.dataset_format import DatasetReader
-    from dvqvae_training.datasets import mesh_from_source
+    from dvqvae_training.dataset.dataset_format import DatasetReader
+    from dvqvae_training.dataset.datasets import mesh_from_source
 
     reader = DatasetReader(data_dir)
     ids = reader.object_ids(split)
@@ -129,7 +129,7 @@ def objects_from_dataset(data_dir: str | Path, split: str = "test", max_objects:
 def objects_from_meshes(folder: str | Path, num_points: int = 3000, max_objects: int = 0,
                         units: str = "auto", scale: Optional[float] = None) -> list[TestObject]:
     """Objects from a folder of mesh files (HO-3D / FPHA / GRAB style); unusable meshes are skipped."""
-    from dvqvae_training.datasets import MeshFolderDataset
+    from dvqvae_training.dataset.datasets import MeshFolderDataset
 
     ds = MeshFolderDataset(folder, num_points=num_points, units=units, scale=scale)
     for path, reason in ds.rejected:
@@ -216,7 +216,7 @@ def evaluate(specs: Sequence[ModelSpec], objects: Sequence[TestObject], cfg: Eva
         geo = ObjectGeometry(obj.mesh)
         sim = None
         if cfg.simulate:
-            from dvqvae_training.physics import GraspSimulator
+            from dvqvae_training.synthesis.physics import GraspSimulator
 
             sim = GraspSimulator(obj.mesh, cache_dir=cfg.vhacd_cache)
         try:

@@ -15,11 +15,11 @@ import torch
 from torch import Tensor, nn
 
 from dvqvae_model.serializable import SerializableConfig
-from dvqvae_model.dvqvae import GraspDecoding
-from dvqvae_model.gating import mlp
-from dvqvae_model.hand_model import HandModel
-from dvqvae_model.losses import LossWeights, grasp_losses, kl_divergence
-from dvqvae_model.pointnet import PointNet
+from dvqvae_model.nets.dvqvae import GraspDecoding
+from dvqvae_model.nets.gating import mlp
+from dvqvae_model.hand.hand_model import HandModel
+from dvqvae_model.nets.losses import LossWeights, grasp_losses, kl_divergence
+from dvqvae_model.nets.pointnet import PointNet
 
 
 @dataclass
