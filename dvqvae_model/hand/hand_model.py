@@ -56,7 +56,7 @@ SLICE_GLOBAL_ORIENT = slice(10, 13)
 SLICE_HAND_POSE = slice(13, 58)
 SLICE_TRANSL = slice(58, 61)
 
-ASSET_DIR = Path(__file__).resolve().parent / "assets"
+ASSET_DIR = Path(__file__).resolve().parents[1] / "assets"
 STANDIN_ASSET = ASSET_DIR / "standin_right.pkl"
 STANDIN_META = ASSET_DIR / "standin_right_meta.npz"
 
