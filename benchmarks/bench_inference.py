@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from dvqvae_model.runtime.backends import probe_points  # noqa: E402
+from dvqvae_model.runtime.parity import probe_points
 from dvqvae_model.nets.config import cvae_config, dvqvae_config, prior_config  # noqa: E402
 from dvqvae_model.nets.cvae import GraspCVAE  # noqa: E402
 from dvqvae_model.nets.dvqvae import DVQVAE  # noqa: E402

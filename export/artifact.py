@@ -1,6 +1,6 @@
 """Artifact bookkeeping for ``dvqvae-export``: sidecar, hashes, cache keys, export results.
 
-The sidecar format, the hashes and the cache keys are defined in ``dvqvae_model.runtime.backends``
+The sidecar format, the hashes and the cache keys are defined in ``dvqvae_model.runtime.artifacts``
 because the runtime must check them and the model library never imports this package; they are
 re-exported here so that export code has one place to import them from. What this module adds
 is export-side: where an artifact came from (checkpoint digests) and a printable result.
@@ -12,22 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from dvqvae_model.runtime.backends import (  # noqa: F401 - re-exported
-    ARTIFACT_FILES,
-    ARTIFACT_FORMATS,
-    DEFAULT_MAX_GRASPS,
-    ONNX_OPSET,
-    SIDECAR_NAME,
-    artifact_key,
-    build_options,
-    graph_identity,
-    model_hash,
-    read_sidecar,
-    runtime_versions,
-    sha256_path,
-    sidecar_problems,
-    write_artifact_dir,
-)
+from dvqvae_model.runtime.artifacts import DEFAULT_MAX_GRASPS, ONNX_OPSET, artifact_key, graph_identity, read_sidecar, runtime_versions, sha256_path
+from dvqvae_model.runtime.build import build_options
 
 
 def checkpoint_source(path: Union[str, Path]) -> dict[str, Any]:

@@ -19,14 +19,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from dvqvae_model.runtime.backends import (
-    ARTIFACT_FORMATS,
-    DEFAULT_MAX_GRASPS,
-    ONNX_OPSET,
-    BackendError,
-    BackendUnavailable,
-    tensorrt_problem,
-)
+from dvqvae_model.runtime.artifacts import ARTIFACT_FORMATS, DEFAULT_MAX_GRASPS, ONNX_OPSET, BackendError, BackendUnavailable, tensorrt_problem
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,7 +74,8 @@ def run(args: argparse.Namespace) -> dict:
     ckpt = Path(args.checkpoint).expanduser()
     device = (args.device or "cuda") if args.format == "tensorrt" else "cpu"
     kwargs = {"num_points": args.num_points} if args.num_points > 0 else {}
-    generator = GraspGenerator.from_checkpoint(ckpt, hand=args.hand, device=device, **kwargs)
+    # the exporters take the graph description, never the generator
+    generator = GraspGenerator.from_checkpoint(ckpt, hand=args.hand, device=device, **kwargs).exportable
     top_k = args.top_k if args.top_k > 0 else None
     source = checkpoint_source(ckpt)
     source["export_options"] = {k: v for k, v in vars(args).items() if k not in ("verbose",)}

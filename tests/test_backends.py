@@ -13,21 +13,12 @@ import numpy as np
 import pytest
 import torch
 
+from dvqvae_model.runtime import artifacts as A
 from dvqvae_model.runtime import backends as B
-from dvqvae_model.runtime.backends import (
-    SIDECAR_NAME,
-    ArtifactMismatch,
-    BackendError,
-    BackendUnavailable,
-    EagerBackend,
-    build_artifact,
-    cached_backend,
-    eager_outputs,
-    load_artifact,
-    parity,
-    probe_points,
-    select_backend,
-)
+from dvqvae_model.runtime.artifacts import SIDECAR_NAME, ArtifactMismatch, BackendError, BackendUnavailable
+from dvqvae_model.runtime.backends import EagerBackend, cached_backend, load_artifact, select_backend
+from dvqvae_model.runtime.build import build_artifact
+from dvqvae_model.runtime.parity import eager_outputs, parity, probe_points
 from dvqvae_model.nets.config import dvqvae_config, prior_config
 from dvqvae_model.nets.dvqvae import DVQVAE
 from dvqvae_model.pipeline.generator import GraspGenerator
@@ -106,7 +97,7 @@ def test_tensorrt_without_cuda_names_the_missing_pieces(gen, monkeypatch, tmp_pa
     assert "torch_tensorrt is not importable" in msg
     assert not (tmp_path / "artifacts").exists()
     # auto never dies for lack of TensorRT: it picks a CPU backend
-    assert B.tensorrt_problem() is not None
+    assert A.tensorrt_problem() is not None
 
 
 def test_auto_picks_a_cpu_backend_measures_and_caches_the_choice(gen, cache: Path, monkeypatch) -> None:
@@ -276,7 +267,7 @@ class _FakeTorchTensorRT(types.ModuleType):
 def fake_trt(monkeypatch) -> _FakeTorchTensorRT:
     fake = _FakeTorchTensorRT()
     monkeypatch.setitem(sys.modules, "torch_tensorrt", fake)
-    monkeypatch.setattr(B, "tensorrt_problem", lambda: None)
+    monkeypatch.setattr(A, "tensorrt_problem", lambda: None)
     return fake
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dvqvae_model.runtime.backends import InferenceBackend, select_backend
+from dvqvae_model.runtime import ExportableGraph, InferenceBackend, config_dict, select_backend
 from dvqvae_model.hand.hand_model import KEYPOINT_SOURCE, SLICE_TRANSL, HandModel, load_hand_model
 from dvqvae_model.pipeline.preprocess import CloudError, prepare_cloud
 from dvqvae_model.nets.prior import GatedPixelCNNPrior, gumbel_noise
@@ -114,7 +114,16 @@ class GraspGenerator:
         self._joint_index = torch.tensor(JOINTS_FROM_KEYPOINTS, dtype=torch.long)
         # Inference backend (dvqvae_model.runtime.backends): "eager" | "torchscript" | "onnx" | "tensorrt" | "auto"
         # or a backend object; backend_options: artifact, cache_dir, force_rebuild, fp16, max_grasps.
-        self.backend: InferenceBackend = select_backend(backend, self, **(backend_options or {}))
+        # What runtimes and exporters see of this generator: the graph, its inputs and noise.
+        self.exportable = ExportableGraph(
+            kind=self.kind, num_points=self.num_points, noise_tail=self.noise_shape(1)[1:],
+            hand_fingerprint=str(hand.fingerprint), device=self.device,
+            build_graph=self.graph, draw_noise=self.make_noise,
+            model_config=config_dict(self.model),
+            prior_config=config_dict(self.prior) if self.prior is not None else None,
+            score_weights=self.score_weights.to_dict(), num_score_points=self.num_score_points,
+        )
+        self.backend: InferenceBackend = select_backend(backend, self.exportable, **(backend_options or {}))
         logging.getLogger(__name__).info("GraspGenerator inference backend: %s", self.backend.describe())
 
     @property
