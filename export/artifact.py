@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from dvqvae_model.runtime.artifacts import DEFAULT_MAX_GRASPS, ONNX_OPSET, artifact_key, graph_identity, read_sidecar, runtime_versions, sha256_path
+from dvqvae_model.io import sha256_file
+from dvqvae_model.runtime.artifacts import DEFAULT_MAX_GRASPS, ONNX_OPSET, artifact_key, graph_identity, read_sidecar, runtime_versions
 from dvqvae_model.runtime.build import build_options
 
 
@@ -23,7 +24,7 @@ def checkpoint_source(path: Union[str, Path]) -> dict[str, Any]:
     cfg = p / "config.json" if p.is_dir() else p
     out: dict[str, Any] = {"checkpoint": str(p if p.is_dir() else p.parent)}
     if cfg.is_file():
-        out["checkpoint_sha256"] = sha256_path(cfg)
+        out["checkpoint_sha256"] = sha256_file(cfg)
         try:
             files = json.loads(cfg.read_text(encoding="utf-8")).get("files", {})
             out["weights_sha256"] = {role: e.get("sha256") for role, e in files.items() if isinstance(e, dict)}

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dvqvae_model.serializable import SerializableConfig
+from dvqvae_model.io import SerializableConfig
 from dvqvae_model.nets.dvqvae import GraspDecoding
 from dvqvae_model.nets.gating import mlp
 from dvqvae_model.hand.hand_model import HandModel

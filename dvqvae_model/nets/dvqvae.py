@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 from smplx.lbs import batch_rodrigues
 
-from dvqvae_model.serializable import SerializableConfig
+from dvqvae_model.io import SerializableConfig
 from dvqvae_model.nets.codebook import Codebook
 from dvqvae_model.nets.gating import SkeletalGating, mlp
 from dvqvae_model.hand.hand_model import HandModel, HandOutput

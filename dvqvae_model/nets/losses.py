@@ -22,11 +22,13 @@ selected distances recomputed with gradient, so memory for backward is O(B*N) ra
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor
+
+from dvqvae_model.io import config_from_dict
 
 from dvqvae_model.hand.hand_model import SLICE_BETAS, SLICE_GLOBAL_ORIENT, SLICE_HAND_POSE, SLICE_TRANSL
 
@@ -64,11 +66,7 @@ class LossWeights:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "LossWeights":
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"unknown loss weight(s): {sorted(unknown)}")
-        return cls(**{k: float(v) for k, v in data.items()})
+        return config_from_dict(cls, {k: float(v) for k, v in data.items()})
 
     def term_weights(self) -> dict[str, float]:
         """Weight of each named loss term in ``total``."""

@@ -17,7 +17,6 @@ loop that unrolls, and there is no random op or data-dependent branch inside.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Union
@@ -25,6 +24,8 @@ from typing import Any, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from dvqvae_model.io import config_from_dict, config_to_dict
 
 # Finite stand-in for -inf: keeps Gumbel-max, log_softmax and ONNX/TensorRT happy
 # (no inf arithmetic) while being far below any real logit.
@@ -82,17 +83,11 @@ class PriorConfig:
         return cls(vocab_sizes=tuple(vocab_sizes), **kw)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["vocab_sizes"] = list(self.vocab_sizes)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PriorConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown PriorConfig keys: {sorted(unknown)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
 
 def gumbel_noise(

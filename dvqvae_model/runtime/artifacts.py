@@ -9,12 +9,8 @@ import hashlib
 import importlib
 import json
 import logging
-import os
 import platform
-import shutil
 import sys
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -22,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dvqvae_model.io import fsync_path
+from dvqvae_model.io import atomic_directory, sha256_file
 
 from dvqvae_model.hand.mano_pickle import cache_dir
 from dvqvae_model.runtime.exportable import ExportableGraph, as_exportable
@@ -177,14 +173,6 @@ def cache_root(override: Union[str, Path, None] = None) -> Path:
     return Path(override).expanduser() if override is not None else cache_dir()
 
 
-def sha256_path(path: Union[str, Path], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- sidecar
 _SIDECAR_KEYS = ("format", "format_version", "artifact", "graph", "runtime", "io", "versions", "created")
 
@@ -262,7 +250,7 @@ def _verify_file(directory: Path, meta: dict) -> Path:
         raise ArtifactMismatch(f"{path} has {path.stat().st_size} bytes, the sidecar says {art['bytes']} "
                                "(truncated or replaced)")
     if "sha256" in art:
-        digest = sha256_path(path)
+        digest = sha256_file(path)
         if digest != art["sha256"]:
             raise ArtifactMismatch(f"{path} is damaged or replaced: sha256 {digest[:16]}... does not match "
                                    f"the sidecar ({str(art['sha256'])[:16]}...)")
@@ -284,35 +272,9 @@ def write_artifact_dir(out_dir: Union[str, Path], fill: Callable[[Path], None]) 
     copy into place first (concurrent cache build), that copy is kept.
     """
     out = Path(out_dir)
-    parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
     if out.exists() and not _is_artifact_dir(out):
         raise BackendError(f"refusing to write an artifact into {out}: it exists and is not an artifact directory")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    try:
-        fill(tmp)
-        os.chmod(tmp, 0o755)  # mkdtemp makes it private; an artifact is meant to be shared like a checkpoint
-        for p in tmp.iterdir():
-            fsync_path(p)
-        fsync_path(tmp)
-        if out.exists():
-            old = parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(out, old)
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            try:
-                os.rename(tmp, out)
-            except OSError:
-                if (out / SIDECAR_NAME).is_file():  # lost a race against an identical build
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    return out
-                raise
-        fsync_path(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return atomic_directory(out, fill, keep_existing=lambda d: (d / SIDECAR_NAME).is_file())
 
 
 # --------------------------------------------------------------------------- availability

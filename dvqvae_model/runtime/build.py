@@ -13,7 +13,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from dvqvae_model.runtime import artifacts  # tensorrt_problem looked up at call time (tests patch it)
-from dvqvae_model.runtime.artifacts import ARTIFACT_FILES, ARTIFACT_FORMATS, BackendError, BackendUnavailable, DEFAULT_MAX_GRASPS, EXAMPLE_GRASPS, FP16_TOLERANCE_M, ONNX_OPSET, PARITY_TOLERANCE_M, SIDECAR_FORMAT, SIDECAR_NAME, SIDECAR_VERSION, VERIFY_GRASPS, artifact_key, graph_identity, library_versions, runtime_versions, sha256_path, write_artifact_dir
+from dvqvae_model.io import sha256_file
+from dvqvae_model.runtime.artifacts import ARTIFACT_FILES, ARTIFACT_FORMATS, BackendError, BackendUnavailable, DEFAULT_MAX_GRASPS, EXAMPLE_GRASPS, FP16_TOLERANCE_M, ONNX_OPSET, PARITY_TOLERANCE_M, SIDECAR_FORMAT, SIDECAR_NAME, SIDECAR_VERSION, VERIFY_GRASPS, artifact_key, graph_identity, library_versions, runtime_versions, write_artifact_dir
 from dvqvae_model.runtime.converters import compile_tensorrt, export_onnx_file, inference_copy, trace_torchscript
 from dvqvae_model.runtime.exportable import ExportableGraph, as_exportable
 from dvqvae_model.runtime.parity import _temperature, probe_points, verify_runner
@@ -138,7 +139,7 @@ def _sidecar(fmt: str, file_name: str, target: Path, identity: dict, runtime: di
     meta: dict[str, Any] = {
         "format": SIDECAR_FORMAT,
         "format_version": SIDECAR_VERSION,
-        "artifact": {"format": fmt, "file": file_name, "sha256": sha256_path(target),
+        "artifact": {"format": fmt, "file": file_name, "sha256": sha256_file(target),
                      "bytes": target.stat().st_size, "precision": precision, **build},
         "graph": identity,
         "runtime": runtime,

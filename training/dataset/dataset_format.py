@@ -50,7 +50,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from dvqvae_model.io import atomic_write_bytes
+from dvqvae_model.io import atomic_write_bytes, sha256_file
 
 FORMAT_NAME = "dvqvae-grasp-dataset"
 FORMAT_VERSION = 1
@@ -113,14 +113,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -144,7 +136,7 @@ def check_shard(root: Path, entry: Mapping[str, Any], full: bool = True) -> Shar
     if size != entry["bytes"]:
         return ShardProblem(entry["file"], "size mismatch", f"{size} bytes, manifest says {entry['bytes']}")
     if full:
-        digest = _file_sha256(path)
+        digest = sha256_file(path)
         if digest != entry["sha256"]:
             return ShardProblem(entry["file"], "checksum mismatch", f"sha256 {digest[:12]}..., manifest {entry['sha256'][:12]}...")
     return None

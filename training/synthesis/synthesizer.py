@@ -71,6 +71,7 @@ from torch import Tensor
 
 from dvqvae_model.hand.hand_metadata import FINGER_JOINTS, local_joint_limits
 from dvqvae_model.hand.hand_model import HandModel
+from dvqvae_model.io import config_from_dict, config_to_dict
 
 __all__ = [
     "METRIC_NAMES",
@@ -171,21 +172,11 @@ class SynthConfig:
     robustness: bool = False  # also simulate gravity along +-x, +-y, +-z (recorded, not required)
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["types"] = list(self.types)
-        d["init_alpha"] = list(self.init_alpha)
-        d["sdf_resolution"] = list(self.sdf_resolution)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> SynthConfig:
-        d = dict(d)
-        if "types" in d:
-            d["types"] = tuple(d["types"])
-        for k in ("init_alpha", "sdf_resolution"):
-            if k in d:
-                d[k] = tuple(d[k])
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     def fingerprint(self) -> str:
         import json

@@ -65,7 +65,7 @@ from dvqvae_model.nets.dvqvae import DVQVAE, DVQVAEConfig
 from dvqvae_model.hand.hand_model import HandModel, load_hand_model
 from dvqvae_model.nets.losses import LossWeights, weighted_total
 from dvqvae_model.nets.prior import GatedPixelCNNPrior, PriorConfig
-from dvqvae_model.io import atomic_write_bytes
+from dvqvae_model.io import atomic_write_bytes, config_from_dict, config_to_dict
 from dvqvae_training.dataset.dataset_format import DatasetReader
 from dvqvae_training.dataset.datasets import Augmentation, GraspDataset
 
@@ -141,14 +141,11 @@ class TrainConfig:
             raise ValueError(f"contact_warmup is a fraction of the run in [0, 1], got {self.contact_warmup}")
 
     def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["lr_milestones"] = list(self.lr_milestones)
-        return d
+        return config_to_dict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return config_from_dict(cls, d)  # unknown keys are refused, as for every config
 
     def augmentation(self) -> Augmentation:
         return Augmentation(rotate=self.rotate, translate=self.translate, partial_prob=self.partial_prob,
