@@ -13,7 +13,7 @@ from dvqvae_model.hand.hand_model import load_hand_model
 from dvqvae_training.evaluate.eval_cli import main as eval_main
 from dvqvae_training.evaluate.evaluate import EvalConfig, ModelSpec, evaluate, markdown_table, objects_from_dataset, write_report
 from dvqvae_training.evaluate.metrics import ObjectGeometry, penetration_volumes_cm3
-from dvqvae_training.train.train import PriorTrainConfig, TrainConfig, train_all, train_cvae
+from dvqvae_training.train import PriorTrainConfig, TrainConfig, train_all, train_cvae
 from test_train import write_toy_dataset  # the toy dataset maker lives with the training tests
 
 NUM_POINTS = 128

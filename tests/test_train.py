@@ -17,7 +17,7 @@ from dvqvae_model.hand.hand_model import load_hand_model
 from dvqvae_model.hand.hand_poses import named_pose
 from dvqvae_training.dataset.dataset_format import DatasetReader, DatasetWriter, sample_surface
 from dvqvae_training.synthesis.objects import make_object, recipe_from_seed
-from dvqvae_training.train.train import (
+from dvqvae_training.train import (
     EXIT_RESUMABLE,
     EpochBatchSampler,
     PriorTrainConfig,

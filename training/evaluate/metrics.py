@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import trimesh
 
-from dvqvae_training.synthesis.sdf import _raycasting_scene, mesh_occupancy
+from dvqvae_training.synthesis.sdf import _raycasting_scene, mesh_occupancy, overlap_lattice
 
 CONTACT_THRESHOLD = 0.005  # metres
 DEFAULT_PITCH = 0.001  # metres; see module doc and the report for accuracy/time
@@ -98,20 +98,6 @@ def contact_ratio(hand_vertices: Any, obj: trimesh.Trimesh | ObjectGeometry, thr
 
 
 # =============================================================================== penetration
-
-
-def overlap_lattice(points: np.ndarray, bounds: np.ndarray, pitch: float) -> list[np.ndarray] | None:
-    """Per-axis coordinates of the global lattice (cell centres (k + 1/2) * pitch) inside the overlap
-    of ``points``' bounding box and ``bounds`` [2,3]; None when they do not overlap."""
-    lo = np.maximum(points.min(0), bounds[0])
-    hi = np.minimum(points.max(0), bounds[1])
-    if np.any(hi <= lo):
-        return None
-    k0 = np.floor(lo / pitch - 0.5).astype(np.int64)
-    k1 = np.ceil(hi / pitch - 0.5).astype(np.int64)
-    axes = [(np.arange(k0[i], k1[i] + 1) + 0.5) * pitch for i in range(3)]
-    axes = [a[(a >= lo[i]) & (a <= hi[i])] for i, a in enumerate(axes)]
-    return None if any(len(a) == 0 for a in axes) else axes
 
 
 def penetration_volume(

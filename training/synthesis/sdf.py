@@ -42,6 +42,20 @@ def mesh_occupancy(mesh: trimesh.Trimesh, points: np.ndarray, nsamples: int = 3,
     return scene.compute_occupancy(pts, nsamples=nsamples).numpy() > 0.5
 
 
+def overlap_lattice(points: np.ndarray, bounds: np.ndarray, pitch: float) -> list[np.ndarray] | None:
+    """Per-axis coordinates of the global lattice (cell centres (k + 1/2) * pitch) inside the overlap
+    of ``points``' bounding box and ``bounds`` [2,3]; None when they do not overlap."""
+    lo = np.maximum(points.min(0), bounds[0])
+    hi = np.minimum(points.max(0), bounds[1])
+    if np.any(hi <= lo):
+        return None
+    k0 = np.floor(lo / pitch - 0.5).astype(np.int64)
+    k1 = np.ceil(hi / pitch - 0.5).astype(np.int64)
+    axes = [(np.arange(k0[i], k1[i] + 1) + 0.5) * pitch for i in range(3)]
+    axes = [a[(a >= lo[i]) & (a <= hi[i])] for i, a in enumerate(axes)]
+    return None if any(len(a) == 0 for a in axes) else axes
+
+
 def mesh_signed_distance(mesh: trimesh.Trimesh, points: np.ndarray, scene=None) -> np.ndarray:
     """Exact signed distance (negative inside) of points [N,3] to a watertight mesh (open3d).
 

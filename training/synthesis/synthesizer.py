@@ -65,8 +65,7 @@ from dvqvae_training.synthesis.grasp_types import (
     blend_local_degrees,
     compute_hand_regions,
 )
-from dvqvae_training.evaluate.metrics import overlap_lattice
-from dvqvae_training.synthesis.sdf import ObjectSDF, _raycasting_scene, mesh_occupancy
+from dvqvae_training.synthesis.sdf import ObjectSDF, _raycasting_scene, mesh_occupancy, overlap_lattice
 from torch import Tensor
 
 from dvqvae_model.hand.hand_metadata import FINGER_JOINTS, local_joint_limits

@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 from dvqvae_model.nets.config import DEFAULT_PRESET, PRESETS
 from dvqvae_model.nets.dvqvae import VARIANTS
-from dvqvae_training.train.train import (
+from dvqvae_training.train import (
     EXIT_RESUMABLE,
     PriorTrainConfig,
     TrainConfig,
