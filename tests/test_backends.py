@@ -22,16 +22,10 @@ from dvqvae_model.runtime.parity import eager_outputs, parity, probe_points
 from dvqvae_model.nets.config import dvqvae_config, prior_config
 from dvqvae_model.nets.dvqvae import DVQVAE
 from dvqvae_model.pipeline.generator import GraspGenerator
-from dvqvae_model.hand.hand_model import load_hand_model
 from dvqvae_model.nets.prior import GatedPixelCNNPrior
 
 NUM_POINTS = 512
 TOL_M = 1e-4
-
-
-@pytest.fixture(scope="module")
-def hand():
-    return load_hand_model("standin")
 
 
 def _models(hand, seed: int):

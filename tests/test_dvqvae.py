@@ -13,17 +13,12 @@ from dvqvae_model.nets.config import COMPACT_MAX_PARAMETERS, dvqvae_config, pres
 from dvqvae_model.nets.dvqvae import (DVQVAE, VARIANTS, DVQVAEConfig, farthest_point_subset, part_index_table,
                                  rigid_place)
 from dvqvae_model.nets.gating import SkeletalGating
-from dvqvae_model.hand.hand_model import HandModel, load_hand_model
+from dvqvae_model.hand.hand_model import HandModel
 from dvqvae_model.nets.losses import LossWeights
 from dvqvae_model.nets.pointnet import PointNet, TNet, parameter_count
 from dvqvae_model.nets.prior import GatedPixelCNNPrior
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def hand() -> HandModel:
-    return load_hand_model("standin")
 
 
 def random_rotation(g: torch.Generator) -> torch.Tensor:

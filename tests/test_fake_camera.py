@@ -39,10 +39,6 @@ def ctx():
     yield from ros_context(DOMAIN_ID)
 
 
-
-
-
-
 # --------------------------------------------------------------------------- sample objects
 @pytest.mark.parametrize("name", sorted(SAMPLE_OBJECTS))
 def test_sample_objects(name: str) -> None:

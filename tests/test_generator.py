@@ -12,7 +12,7 @@ from dvqvae_model.nets.config import cvae_config, dvqvae_config, prior_config
 from dvqvae_model.nets.cvae import GraspCVAE
 from dvqvae_model.nets.dvqvae import DVQVAE
 from dvqvae_model.pipeline.generator import GraspGenerator, GraspSet
-from dvqvae_model.hand.hand_model import SLICE_TRANSL, load_hand_model
+from dvqvae_model.hand.hand_model import SLICE_TRANSL
 from dvqvae_model.pipeline.preprocess import CloudError
 from dvqvae_model.nets.prior import GatedPixelCNNPrior
 from dvqvae_model.pipeline.refine import RefineConfig, refine_energy, refine_grasps
@@ -20,11 +20,6 @@ from dvqvae_model.nets.sampling_graph import GraspScorer
 from dvqvae_model.sim.visualize import render_grasps_png
 
 NUM_POINTS = 256
-
-
-@pytest.fixture(scope="module")
-def hand():
-    return load_hand_model("standin")
 
 
 @pytest.fixture(scope="module")

@@ -166,10 +166,6 @@ class Harness:
         self.spinner.close()
 
 
-
-
-
-
 @pytest.fixture
 def harness(ctx):
     made: list[Harness] = []

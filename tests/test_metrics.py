@@ -28,13 +28,6 @@ def lens_volume(r1: float, r2: float, d: float) -> float:
 
 
 @pytest.fixture(scope="module")
-def hand():
-    from dvqvae_model.hand.hand_model import load_hand_model
-
-    return load_hand_model("standin")
-
-
-@pytest.fixture(scope="module")
 def big_ball() -> ObjectGeometry:
     return ObjectGeometry(trimesh.creation.icosphere(subdivisions=5, radius=0.03))
 

@@ -25,13 +25,6 @@ def ball() -> trimesh.Trimesh:
 
 
 @pytest.fixture(scope="module")
-def hand():
-    from dvqvae_model.hand.hand_model import load_hand_model
-
-    return load_hand_model("standin")
-
-
-@pytest.fixture(scope="module")
 def cube() -> trimesh.Trimesh:
     return trimesh.creation.box(extents=[0.04, 0.04, 0.04])
 

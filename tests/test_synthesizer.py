@@ -25,13 +25,6 @@ SMALL = SynthConfig(hands_per_object=40, steps=80, cull_at=0.0, max_grasps_per_o
 
 
 @pytest.fixture(scope="module")
-def hand():
-    from dvqvae_model.hand.hand_model import load_hand_model
-
-    return load_hand_model("standin")
-
-
-@pytest.fixture(scope="module")
 def synth(hand):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # bitwise determinism (and how the workers run)

@@ -13,7 +13,6 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from dvqvae_model.pipeline.generator import GraspGenerator
-from dvqvae_model.hand.hand_model import load_hand_model
 from dvqvae_model.hand.hand_poses import named_pose
 from dvqvae_training.dataset.dataset_format import DatasetReader, DatasetWriter, sample_surface
 from dvqvae_training.synthesis.objects import make_object, recipe_from_seed
@@ -80,18 +79,7 @@ def write_toy_dataset(root: Path, hand, *, num_points: int = 256, grasps: int = 
 # =============================================================================== fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: more torch threads than one only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def hand():
-    return load_hand_model("standin")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
