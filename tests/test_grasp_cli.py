@@ -93,6 +93,22 @@ def test_generate_reports_bad_input(tmp_path: Path, checkpoint: Path, capsys) ->
         grasp_cli.main(["generate", "--object", "mug", "--out", str(tmp_path / "o"), "--model", str(tmp_path / "nope")])
 
 
+def test_generate_runs_without_importing_ros(tmp_path: Path, checkpoint: Path) -> None:
+    """`generate` is documented as "without ROS": a whole run loads no ROS module."""
+    out = tmp_path / "out"
+    code = ("import sys\n"
+            "from dvqvae_ros import grasp_cli\n"
+            f"rc = grasp_cli.main(['generate', '--object', 'mug', '--num-grasps', '2', '--out', {str(out)!r},\n"
+            f"                     '--model', {str(checkpoint)!r}, '--no-quality'])\n"
+            "ros = sorted(m for m in sys.modules if m.split('.')[0] == 'rclpy' or m.split('.')[0].endswith('_msgs'))\n"
+            "print('ROS:', ros)\n"
+            "sys.exit(rc)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "ROS: []" in res.stdout, res.stdout
+    _check_outputs(out, 2)
+
+
 def test_demo_runs_camera_and_node_over_dds(tmp_path: Path, checkpoint: Path) -> None:
     """The whole product: two processes over DDS, a third listening; files, table and quality numbers."""
     out = tmp_path / "demo"
