@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from dvqvae_model.sim import visualize
 from dvqvae_training.dataset import data_cli
 from dvqvae_training.dataset.dataset_format import DatasetReader
 
@@ -176,7 +177,7 @@ def test_rasterize_depth_order():
     sq = np.array([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], np.float64) * 0.5
     f = np.array([[0, 1, 2], [0, 2, 3]])
     near, far = sq + [0, 0, 0.1], sq + [0.3, 0, -0.1]
-    R = data_cli.view_rotation(90.0, -90.0)  # looking down -z: larger z is closer
-    img = data_cli.rasterize([(far, f, (0, 0, 1)), (near, f, (1, 0, 0))], R, np.zeros(3), 1.0, size=64)
+    R = visualize.view_rotation(90.0, -90.0)  # looking down -z: larger z is closer
+    img = visualize.rasterize([(far, f, (0, 0, 1)), (near, f, (1, 0, 0))], R, np.zeros(3), 1.0, size=64)
     c = img[32, 40]
     assert c[0] > c[2]

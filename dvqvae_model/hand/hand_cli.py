@@ -108,10 +108,8 @@ def _draw(ax, v: np.ndarray, faces: np.ndarray, part_ids: np.ndarray, elev: floa
 
 def render_poses(spec: str, out_dir: Path, poses: Sequence[str] = PREVIEW_POSES, size_px: int = 480) -> list[Path]:
     """Render each pose from each view to ``out_dir/<pose>_<view>.png`` plus ``preview.png``."""
-    import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from dvqvae_model.sim.visualize import agg_figure, save_figure
 
     from .hand_model import load_hand_model
     from .hand_poses import named_pose_params
@@ -127,25 +125,19 @@ def render_poses(spec: str, out_dir: Path, poses: Sequence[str] = PREVIEW_POSES,
     dpi = 100
     for i, pose in enumerate(poses):
         for vname, elev, azim in PREVIEW_VIEWS:
-            fig = plt.figure(figsize=(size_px / dpi, size_px / dpi), dpi=dpi)
+            fig = agg_figure((size_px / dpi, size_px / dpi), dpi=dpi)
             ax = fig.add_subplot(111, projection="3d")
             _draw(ax, verts[i], faces, part_ids, elev, azim, f"{pose} ({vname})")
             fig.subplots_adjust(0, 0, 1, 0.95)
-            path = out_dir / f"{pose}_{vname}.png"
-            fig.savefig(path)
-            plt.close(fig)
-            written.append(path)
-    fig = plt.figure(figsize=(3.0 * len(poses), 6.0), dpi=dpi)
+            written.append(save_figure(fig, out_dir / f"{pose}_{vname}.png"))
+    fig = agg_figure((3.0 * len(poses), 6.0), dpi=dpi)
     for i, pose in enumerate(poses):
         for r, (vname, elev, azim) in enumerate(PREVIEW_VIEWS):
             ax = fig.add_subplot(len(PREVIEW_VIEWS), len(poses), r * len(poses) + i + 1, projection="3d")
             _draw(ax, verts[i], faces, part_ids, elev, azim, f"{pose} ({vname})")
     fig.suptitle(f"hand '{hand.name}' ({hand.fingerprint}); parts: thumb, index, middle, ring, pinky, palm", fontsize=10)
     fig.subplots_adjust(0, 0, 1, 0.9, wspace=0.0, hspace=0.1)
-    path = out_dir / "preview.png"
-    fig.savefig(path)
-    plt.close(fig)
-    written.append(path)
+    written.append(save_figure(fig, out_dir / "preview.png"))
     return written
 
 

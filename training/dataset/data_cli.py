@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from dvqvae_model.sim.visualize import agg_figure, rasterize, save_figure, view_rotation
+
 __all__ = ["ObjectJob", "dataset_stats", "main", "make_jobs", "recipe_list", "render_gallery", "run_job", "synth"]
 
 DEFAULT_POINTS = 3000
@@ -392,67 +394,8 @@ def format_stats(st: dict[str, Any]) -> str:
 
 
 # =============================================================================== rendering
+# (the rasterizer and figure helpers live in dvqvae_model.sim.visualize, with the other pictures)
 
-
-def view_rotation(elev_deg: float, azim_deg: float) -> np.ndarray:
-    """World -> camera rotation (rows: right, up, towards the viewer) for a view from (elev, azim)."""
-    e, a = np.deg2rad(elev_deg), np.deg2rad(azim_deg)
-    back = np.array([np.cos(e) * np.cos(a), np.cos(e) * np.sin(a), np.sin(e)])
-    up0 = np.array([0.0, 0.0, 1.0]) if abs(back[2]) < 0.95 else np.array([0.0, 1.0, 0.0])
-    right = np.cross(up0, back)
-    right /= np.linalg.norm(right)
-    return np.stack([right, np.cross(back, right), back])
-
-
-def rasterize(
-    meshes: Sequence[tuple[np.ndarray, np.ndarray, Sequence[float]]],
-    rotation: np.ndarray,
-    center: np.ndarray,
-    half: float,
-    size: int = 320,
-    background: Sequence[float] = (1.0, 1.0, 1.0),
-    density: float = 3.0,
-) -> np.ndarray:
-    """Orthographic z-buffered image [size,size,3] of triangle meshes (vertices, faces, rgb).
-
-    Why our own: matplotlib's 3-D sorts whole polygons (hands show through objects) and open3d's
-    offscreen renderer needs a GPU. Triangles are splatted with ``density`` samples per pixel of
-    projected area and resolved per pixel by depth; flat shading by a fixed light.
-    """
-    light = np.array([0.3, 0.4, 1.0])
-    light /= np.linalg.norm(light)
-    P, Z, C = [], [], []
-    rng = np.random.default_rng(0)
-    for v, f, rgb in meshes:
-        f = np.asarray(f, np.int64)
-        vc = (np.asarray(v, np.float64) - center) @ rotation.T
-        px = (vc[:, :2] / half * 0.5 + 0.5) * size
-        tri, tz = px[f], vc[f][:, :, 2]
-        n = np.cross(vc[f][:, 1] - vc[f][:, 0], vc[f][:, 2] - vc[f][:, 0])
-        n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
-        shade = 0.35 + 0.65 * np.abs(n @ light)
-        e1, e2 = tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]
-        area = 0.5 * np.abs(e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0])
-        k = np.ceil(area * density).astype(np.int64) + 3
-        ti = np.repeat(np.arange(len(f)), k)
-        r = rng.random((len(ti), 2))
-        s = np.sqrt(r[:, 0])
-        b0, b1, b2 = 1 - s, s * (1 - r[:, 1]), s * r[:, 1]
-        P.append(b0[:, None] * tri[ti, 0] + b1[:, None] * tri[ti, 1] + b2[:, None] * tri[ti, 2])
-        Z.append(b0 * tz[ti, 0] + b1 * tz[ti, 1] + b2 * tz[ti, 2])
-        C.append(np.asarray(rgb, np.float64)[None] * shade[ti, None])
-    p, z, c = np.concatenate(P), np.concatenate(Z), np.concatenate(C)
-    ij = np.floor(p).astype(np.int64)
-    ok = (ij >= 0).all(1) & (ij < size).all(1)
-    ij, z, c = ij[ok], z[ok], c[ok]
-    lin = (size - 1 - ij[:, 1]) * size + ij[:, 0]
-    order = np.lexsort((-z, lin))
-    lo = lin[order]
-    first = np.ones(len(lo), bool)
-    first[1:] = lo[1:] != lo[:-1]
-    img = np.ones((size * size, 3)) * np.asarray(background, np.float64)
-    img[lo[first]] = c[order][first]
-    return img.reshape(size, size, 3).clip(0.0, 1.0)
 
 
 def _points_as_mesh(points: np.ndarray, radius: float = 0.0015) -> tuple[np.ndarray, np.ndarray]:
@@ -479,12 +422,8 @@ def render_grasps_figure(
     suptitle: str | None = None,
 ) -> Path:
     """One column per hand, one row per view; object blue, hand skin-coloured; PNG at ``path``."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     n = max(1, len(hands))
-    fig = Figure(figsize=(2.6 * n, 2.6 * len(views) + (0.4 if suptitle else 0.0)))
-    FigureCanvasAgg(fig)
+    fig = agg_figure((2.6 * n, 2.6 * len(views) + (0.4 if suptitle else 0.0)))
     for c in range(n):
         meshes = [(object_vertices, object_faces, (0.35, 0.55, 0.9))]
         allp = object_vertices
@@ -502,10 +441,7 @@ def render_grasps_figure(
     if suptitle:
         fig.suptitle(suptitle, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    return path
+    return save_figure(fig, path, dpi=80)
 
 
 def _gallery_items(reader: Any, hand: Any, objects: int, grasps: int, split: str | None, seed: int) -> list[dict[str, Any]]:
@@ -582,12 +518,8 @@ def render_gallery(
 
 def render_sheet(items: Sequence[dict[str, Any]], hand_faces: np.ndarray, path: str | os.PathLike, size: int = 220) -> Path:
     """Overview: one row per object, one column per grasp, one view."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     cols = max(len(it["hands"]) for it in items)
-    fig = Figure(figsize=(2.2 * cols, 2.3 * len(items)))
-    FigureCanvasAgg(fig)
+    fig = agg_figure((2.2 * cols, 2.3 * len(items)))
     rot = view_rotation(*VIEWS[0])
     for r, it in enumerate(items):
         for c, (hv, title) in enumerate(zip(it["hands"], it["titles"])):
@@ -599,10 +531,7 @@ def render_sheet(items: Sequence[dict[str, Any]], hand_faces: np.ndarray, path: 
             ax.set_axis_off()
             ax.set_title((f"{it['id']}\n" if c == 0 else "\n") + title, fontsize=6.5)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    return path
+    return save_figure(fig, path, dpi=80)
 
 
 # =============================================================================== command line
