@@ -165,3 +165,35 @@ def test_the_walk_sees_what_it_checks() -> None:
     assert "rclpy" in everything["dvqvae_ros.grasp_node"]
     assert "dvqvae_model.runtime.backends" in everything["dvqvae_model.pipeline.generator"] or \
         "dvqvae_model.runtime" in everything["dvqvae_model.pipeline.generator"]
+
+
+def test_setup_installs_every_package_folder() -> None:
+    """A real install carries every subpackage (and the assets), not only what a work tree has."""
+    import runpy
+
+    import setuptools
+
+    repo = Path(__file__).resolve().parents[1]
+    captured: dict = {}
+    real = setuptools.setup
+    setuptools.setup = lambda **kw: captured.update(kw)  # type: ignore[assignment]
+    cwd = Path.cwd()
+    try:
+        import os
+
+        os.chdir(repo)
+        runpy.run_path(str(repo / "setup.py"))
+    finally:
+        os.chdir(cwd)
+        setuptools.setup = real  # type: ignore[assignment]
+    installed = set(captured["packages"])
+    names = {"dvqvae_model": "dvqvae_model", "dvqvae_ros": "dvqvae_ros", "training": "dvqvae_training",
+             "export": "dvqvae_export"}
+    wanted = set()
+    for folder, name in names.items():
+        for init in (repo / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(repo / folder).parts
+            wanted.add(".".join((name, *rel)))
+    assert wanted - installed == set()
+    assert captured["package_dir"] == {"dvqvae_training": "training", "dvqvae_export": "export"}
+    assert "assets/default_model/*" in captured["package_data"]["dvqvae_model"]
