@@ -17,7 +17,6 @@ from typing import Any, Optional
 
 import numpy as np
 
-
 from dvqvae_ros.grasp_files import quick_quality, resolve_model, write_grasp_files
 
 __all__ = ["cmd_demo"]
@@ -134,8 +133,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from rclpy.executors import MultiThreadedExecutor
 
     from dvqvae_model.hand.hand_model import load_hand_model
-    from dvqvae_ros.fake_camera_node import FakeDepthCamera
     from dvqvae_model.sim.sample_objects import load_object
+    from dvqvae_ros.fake_camera_node import FakeDepthCamera
 
     t_start = time.monotonic()
     model_dir = resolve_model(args.model)

@@ -6,7 +6,6 @@ from typing import Any
 
 import numpy as np
 
-
 __all__ = ["load_object_cloud", "write_grasp_files", "quick_quality", "resolve_model", "format_quality"]
 
 CLOUD_SUFFIXES = (".npy", ".xyz", ".txt", ".pcd")
@@ -127,7 +126,11 @@ def quick_quality(vertices: np.ndarray, hand: Any, mesh: Any, *, simulate: bool 
 
 
 def resolve_model(spec: str) -> Path:
-    from dvqvae_model.checkpoint import DEFAULT_MODEL_DIR, CheckpointError, resolve_checkpoint
+    from dvqvae_model.checkpoint import (
+        DEFAULT_MODEL_DIR,
+        CheckpointError,
+        resolve_checkpoint,
+    )
 
     try:  # the checkpoint resolver, not the node's: this path must not import ROS
         return resolve_checkpoint(spec, default_dir=DEFAULT_MODEL_DIR)

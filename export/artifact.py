@@ -13,7 +13,14 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from dvqvae_model.io import sha256_file
-from dvqvae_model.runtime.artifacts import DEFAULT_MAX_GRASPS, ONNX_OPSET, artifact_key, graph_identity, read_sidecar, runtime_versions
+from dvqvae_model.runtime.artifacts import (
+    DEFAULT_MAX_GRASPS,
+    ONNX_OPSET,
+    artifact_key,
+    graph_identity,
+    read_sidecar,
+    runtime_versions,
+)
 from dvqvae_model.runtime.build import build_options
 
 

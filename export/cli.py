@@ -19,7 +19,14 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from dvqvae_model.runtime.artifacts import ARTIFACT_FORMATS, DEFAULT_MAX_GRASPS, ONNX_OPSET, BackendError, BackendUnavailable, tensorrt_problem
+from dvqvae_model.runtime.artifacts import (
+    ARTIFACT_FORMATS,
+    DEFAULT_MAX_GRASPS,
+    ONNX_OPSET,
+    BackendError,
+    BackendUnavailable,
+    tensorrt_problem,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

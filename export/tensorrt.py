@@ -22,7 +22,14 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from dvqvae_model.runtime.artifacts import DEFAULT_MAX_GRASPS, EXAMPLE_GRASPS, PARITY_TOLERANCE_M, BackendError, BackendUnavailable, tensorrt_problem
+from dvqvae_model.runtime.artifacts import (
+    DEFAULT_MAX_GRASPS,
+    EXAMPLE_GRASPS,
+    PARITY_TOLERANCE_M,
+    BackendError,
+    BackendUnavailable,
+    tensorrt_problem,
+)
 from dvqvae_model.runtime.build import build_artifact
 from dvqvae_model.runtime.converters import inference_copy
 from dvqvae_model.runtime.parity import eager_outputs, parity, probe_points

@@ -14,7 +14,14 @@ from dvqvae_export.cli import main as export_main
 from dvqvae_export.onnx_export import check_onnx_file, export_onnx
 from dvqvae_export.tensorrt import check_exportable, export_program, random_ops
 from dvqvae_export.torchscript import export_torchscript
-from dvqvae_model.runtime.artifacts import EXAMPLE_GRASPS, SIDECAR_NAME, BackendError, BackendUnavailable, graph_identity, tensorrt_problem
+from dvqvae_model.runtime.artifacts import (
+    EXAMPLE_GRASPS,
+    SIDECAR_NAME,
+    BackendError,
+    BackendUnavailable,
+    graph_identity,
+    tensorrt_problem,
+)
 from dvqvae_model.runtime.backends import load_artifact
 from dvqvae_model.runtime.parity import eager_outputs, parity, probe_points
 from dvqvae_model.checkpoint import save_checkpoint

@@ -18,12 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dvqvae_model.io import atomic_directory, sha256_file
-
 from dvqvae_model.hand.mano_pickle import cache_dir
+from dvqvae_model.io import atomic_directory, sha256_file
 from dvqvae_model.runtime.exportable import ExportableGraph, as_exportable
-
-
 
 log = logging.getLogger(__name__)
 

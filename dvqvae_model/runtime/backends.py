@@ -1,4 +1,4 @@
-"""Inference backends of ``GraspGenerator``: eager PyTorch, TorchScript, ONNX Runtime (CPU), TensorRT (CUDA).
+"""Inference backends of the sampling graph: eager PyTorch, TorchScript, ONNX Runtime (CPU), TensorRT (CUDA).
 
 Every backend is a callable with the signature of ``GraspGenerator.run_graph``::
 
@@ -23,9 +23,12 @@ dynamic number of grasps ``K``; batches of objects run object by object.
   ``~/.cache/dvqvae_ros``) under a key of all of the above; a stale or damaged entry is rebuilt,
   ``force_rebuild=True`` always rebuilds. Builds are verified against eager before they are kept.
 
-This module is the *runtime* side and the minimal builder the cache needs; the ``dvqvae-export``
-tool (package ``dvqvae_export``) adds the command line, ONNX checking, the ``torch.export``
-proof for TensorRT and reports. The library never imports that package.
+This module holds the backends and their selection; the artifact format is defined in
+``runtime.artifacts``, the verified builder the cache needs in ``runtime.build`` (converters in
+``runtime.converters``, file loaders in ``runtime.runners``). Every function takes an
+``ExportableGraph`` (``runtime.exportable``; a ``GraspGenerator`` passes its ``.exportable``). The
+``dvqvae-export`` tool (package ``dvqvae_export``) adds the command line, ONNX checking, the
+``torch.export`` proof for TensorRT and reports. The library never imports that package.
 
 ``select_backend("auto", source)`` takes TensorRT when CUDA and ``torch_tensorrt`` are
 present, otherwise times eager / TorchScript / ONNX Runtime on a short interleaved run and keeps
@@ -48,15 +51,40 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import Tensor
-from dvqvae_model.runtime import artifacts  # tensorrt_problem looked up at call time (tests patch it)
-from dvqvae_model.runtime.artifacts import ARTIFACT_FORMATS, AUTO_TIMING_GRASPS, ArtifactMismatch, BACKEND_CHOICES, BackendError, BackendUnavailable, DEFAULT_MAX_GRASPS, GraphOutputs, ONNX_OPSET, Runner, _canonical, _module_version, _verify_file, artifact_key, cache_root, graph_identity, onnxruntime_problem, read_sidecar, runtime_versions, sidecar_problems
+
+from dvqvae_model.runtime import (
+    artifacts,  # tensorrt_problem looked up at call time (tests patch it)
+)
+from dvqvae_model.runtime.artifacts import (
+    ARTIFACT_FORMATS,
+    AUTO_TIMING_GRASPS,
+    BACKEND_CHOICES,
+    DEFAULT_MAX_GRASPS,
+    ONNX_OPSET,
+    ArtifactMismatch,
+    BackendError,
+    BackendUnavailable,
+    GraphOutputs,
+    Runner,
+    _canonical,
+    _module_version,
+    _verify_file,
+    artifact_key,
+    cache_root,
+    graph_identity,
+    onnxruntime_problem,
+    read_sidecar,
+    runtime_versions,
+    sidecar_problems,
+)
 from dvqvae_model.runtime.build import build_artifact, build_options
 from dvqvae_model.runtime.exportable import ExportableGraph, as_exportable
 from dvqvae_model.runtime.parity import _temperature, probe_points
-from dvqvae_model.runtime.runners import load_onnx_runner, load_tensorrt_runner, load_torchscript_runner
-
-
-
+from dvqvae_model.runtime.runners import (
+    load_onnx_runner,
+    load_tensorrt_runner,
+    load_torchscript_runner,
+)
 
 log = logging.getLogger(__name__)
 

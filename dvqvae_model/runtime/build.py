@@ -12,18 +12,46 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
-from dvqvae_model.runtime import artifacts  # tensorrt_problem looked up at call time (tests patch it)
+
 from dvqvae_model.io import sha256_file
-from dvqvae_model.runtime.artifacts import ARTIFACT_FILES, ARTIFACT_FORMATS, BackendError, BackendUnavailable, DEFAULT_MAX_GRASPS, EXAMPLE_GRASPS, FP16_TOLERANCE_M, ONNX_OPSET, PARITY_TOLERANCE_M, SIDECAR_FORMAT, SIDECAR_NAME, SIDECAR_VERSION, VERIFY_GRASPS, artifact_key, graph_identity, library_versions, runtime_versions, write_artifact_dir
-from dvqvae_model.runtime.converters import compile_tensorrt, export_onnx_file, inference_copy, trace_torchscript
+from dvqvae_model.runtime import (
+    artifacts,  # tensorrt_problem looked up at call time (tests patch it)
+)
+from dvqvae_model.runtime.artifacts import (
+    ARTIFACT_FILES,
+    ARTIFACT_FORMATS,
+    DEFAULT_MAX_GRASPS,
+    EXAMPLE_GRASPS,
+    FP16_TOLERANCE_M,
+    ONNX_OPSET,
+    PARITY_TOLERANCE_M,
+    SIDECAR_FORMAT,
+    SIDECAR_NAME,
+    SIDECAR_VERSION,
+    VERIFY_GRASPS,
+    BackendError,
+    BackendUnavailable,
+    artifact_key,
+    graph_identity,
+    library_versions,
+    runtime_versions,
+    write_artifact_dir,
+)
+from dvqvae_model.runtime.converters import (
+    compile_tensorrt,
+    export_onnx_file,
+    inference_copy,
+    trace_torchscript,
+)
 from dvqvae_model.runtime.exportable import ExportableGraph, as_exportable
 from dvqvae_model.runtime.parity import _temperature, probe_points, verify_runner
-from dvqvae_model.runtime.runners import load_onnx_runner, load_tensorrt_runner, load_torchscript_runner
+from dvqvae_model.runtime.runners import (
+    load_onnx_runner,
+    load_tensorrt_runner,
+    load_torchscript_runner,
+)
 
 log = logging.getLogger(__name__)
-
-
-
 
 
 # --------------------------------------------------------------------------- build (ExportableGraph -> artifact)

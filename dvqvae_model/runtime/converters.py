@@ -13,11 +13,18 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
-from dvqvae_model.runtime import artifacts  # tensorrt_problem looked up at call time (tests patch it)
-from dvqvae_model.runtime.artifacts import AUTO_TIMING_GRASPS, BackendUnavailable, DEFAULT_MAX_GRASPS, INPUT_NAMES, ONNX_OPSET, OUTPUT_NAMES
 
-
-
+from dvqvae_model.runtime import (
+    artifacts,  # tensorrt_problem looked up at call time (tests patch it)
+)
+from dvqvae_model.runtime.artifacts import (
+    AUTO_TIMING_GRASPS,
+    DEFAULT_MAX_GRASPS,
+    INPUT_NAMES,
+    ONNX_OPSET,
+    OUTPUT_NAMES,
+    BackendUnavailable,
+)
 
 
 # --------------------------------------------------------------------------- converters (graph -> file)

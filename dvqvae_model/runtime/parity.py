@@ -6,11 +6,15 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 import torch
 from torch import Tensor
-from dvqvae_model.runtime.artifacts import BackendError, GraphOutputs, OUTPUT_NAMES, Runner, VERIFY_GRASPS
+
+from dvqvae_model.runtime.artifacts import (
+    OUTPUT_NAMES,
+    VERIFY_GRASPS,
+    BackendError,
+    GraphOutputs,
+    Runner,
+)
 from dvqvae_model.runtime.exportable import ExportableGraph, as_exportable
-
-
-
 
 
 # --------------------------------------------------------------------------- probe inputs

@@ -8,11 +8,20 @@ from typing import Optional, Union
 import numpy as np
 import torch
 from torch import Tensor
-from dvqvae_model.runtime import artifacts  # tensorrt_problem looked up at call time (tests patch it)
-from dvqvae_model.runtime.artifacts import ArtifactMismatch, BackendError, BackendUnavailable, GraphOutputs, INPUT_NAMES, OUTPUT_NAMES, Runner, onnxruntime_problem
 
-
-
+from dvqvae_model.runtime import (
+    artifacts,  # tensorrt_problem looked up at call time (tests patch it)
+)
+from dvqvae_model.runtime.artifacts import (
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    ArtifactMismatch,
+    BackendError,
+    BackendUnavailable,
+    GraphOutputs,
+    Runner,
+    onnxruntime_problem,
+)
 
 
 # --------------------------------------------------------------------------- runners (file -> callable)

@@ -7,12 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from dvqvae_training.dataset.datasets import Augmentation
 from torch import Tensor
 
-from dvqvae_model.nets.losses import LossWeights, weighted_total
 from dvqvae_model.io import config_from_dict, config_to_dict
-from dvqvae_training.dataset.datasets import Augmentation
-
+from dvqvae_model.nets.losses import LossWeights, weighted_total
 
 CONTACT_THRESHOLD_M = 0.005
 EXIT_RESUMABLE = 75  # EX_TEMPFAIL: stopped cleanly before the end, rerun with --resume
@@ -22,7 +21,6 @@ RUNTIME_FIELDS = frozenset({
     "out_dir", "device", "num_threads", "num_workers", "max_minutes", "max_steps", "resume", "progress",
     "save_every_steps", "log_every_steps", "val_max_batches", "epochs",
 })
-
 
 
 # =============================================================================== configuration

@@ -16,17 +16,28 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
+from dvqvae_training.dataset.dataset_format import DatasetReader
+from dvqvae_training.dataset.datasets import Augmentation, GraspDataset
+from dvqvae_training.train.config import (
+    CONTACT_THRESHOLD_M,
+    LEGACY_CONFIG,
+    RUNTIME_FIELDS,
+    TrainConfig,
+    TrainResult,
+    lr_at,
+)
+from dvqvae_training.train.state import (
+    load_training_state,
+    read_training_state,
+    restore_training_state,
+    save_training_state,
+)
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from dvqvae_model.hand.hand_model import HandModel
 from dvqvae_model.io import atomic_write_bytes
-from dvqvae_training.dataset.dataset_format import DatasetReader
-from dvqvae_training.dataset.datasets import Augmentation, GraspDataset
-from dvqvae_training.train.config import CONTACT_THRESHOLD_M, LEGACY_CONFIG, RUNTIME_FIELDS, TrainConfig, TrainResult, lr_at
-from dvqvae_training.train.state import load_training_state, read_training_state, restore_training_state, save_training_state
-
 
 # =============================================================================== data
 

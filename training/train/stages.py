@@ -46,22 +46,47 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+from dvqvae_training.dataset.datasets import Augmentation, GraspDataset
+from dvqvae_training.train.config import (
+    PriorTrainConfig,
+    TrainConfig,
+    TrainResult,
+    contact_scale_at,
+    scaled_total,
+)
+from dvqvae_training.train.loop import (
+    EpochBatchSampler,
+    StepCallback,
+    StopOnSignals,
+    _adam,
+    _deadline,
+    _Loop,
+    _Mean,
+    _num_points,
+    _prepare_state_dir,
+    _result,
+    _val_loader,
+    cloud_contact_penetration,
+    open_splits,
+    seed_everything,
+)
+from dvqvae_training.train.state import read_training_state
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from dvqvae_model.checkpoint import LoadedCheckpoint, load_checkpoint, read_checkpoint_config, save_checkpoint
+from dvqvae_model.checkpoint import (
+    LoadedCheckpoint,
+    load_checkpoint,
+    read_checkpoint_config,
+    save_checkpoint,
+)
+from dvqvae_model.hand.hand_model import HandModel, load_hand_model
 from dvqvae_model.nets.config import cvae_config, dvqvae_config, prior_config
 from dvqvae_model.nets.cvae import CVAEConfig, GraspCVAE
 from dvqvae_model.nets.dvqvae import DVQVAE, DVQVAEConfig
-from dvqvae_model.hand.hand_model import HandModel, load_hand_model
 from dvqvae_model.nets.prior import GatedPixelCNNPrior, PriorConfig
-from dvqvae_training.dataset.datasets import Augmentation, GraspDataset
-from dvqvae_training.train.config import PriorTrainConfig, TrainConfig, TrainResult, contact_scale_at, scaled_total
-from dvqvae_training.train.loop import EpochBatchSampler, StepCallback, StopOnSignals, _Loop, _Mean, _adam, _deadline, _num_points, _prepare_state_dir, _result, _val_loader, cloud_contact_penetration, open_splits, seed_everything
-from dvqvae_training.train.state import read_training_state
-
 
 # =============================================================================== grasp models (DVQ-VAE, CVAE)
 

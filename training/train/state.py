@@ -18,7 +18,6 @@ from torch import Tensor, nn
 from dvqvae_model.hand.hand_model import HandModel
 from dvqvae_model.io import atomic_write_bytes, sha256_file
 
-
 STATE_FORMAT = "dvqvae-train-state"
 STATE_VERSION = 1
 STATE_JSON = "state.json"
