@@ -1,7 +1,7 @@
 """dvqvae_ros: DVQ-VAE human grasp generation as a ROS 2 package (ament_python, pip-installable)."""
 from glob import glob
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 PACKAGE = "dvqvae_ros"
 
@@ -10,12 +10,11 @@ setup(
     version="0.1.0",
     # `training/` and `export/` install as dvqvae_training / dvqvae_export: the bare
     # names are generic (PyPI has an `export`) and would shadow or be shadowed.
-    packages=[
-        "dvqvae_model",
-        "dvqvae_ros",
-        "dvqvae_training",
-        "dvqvae_export",
-    ],
+    packages=(
+        find_packages(include=["dvqvae_model", "dvqvae_model.*", "dvqvae_ros", "dvqvae_ros.*"])
+        + [p.replace("training", "dvqvae_training", 1) for p in find_packages(include=["training", "training.*"])]
+        + [p.replace("export", "dvqvae_export", 1) for p in find_packages(include=["export", "export.*"])]
+    ),
     package_dir={"dvqvae_training": "training", "dvqvae_export": "export"},
     package_data={"dvqvae_model": ["assets/*", "assets/default_model/*"]},
     data_files=[
@@ -50,11 +49,11 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [
-            "dvqvae-hand = dvqvae_model.hand_cli:main",
+            "dvqvae-hand = dvqvae_model.hand.hand_cli:main",
             "dvqvae-grasp = dvqvae_ros.grasp_cli:main",
-            "dvqvae-data = dvqvae_training.data_cli:main",
-            "dvqvae-train = dvqvae_training.train_cli:main",
-            "dvqvae-eval = dvqvae_training.eval_cli:main",
+            "dvqvae-data = dvqvae_training.dataset.data_cli:main",
+            "dvqvae-train = dvqvae_training.train.train_cli:main",
+            "dvqvae-eval = dvqvae_training.evaluate.eval_cli:main",
             "dvqvae-export = dvqvae_export.cli:main",
             # ROS 2 executables (`ros2 run dvqvae_ros grasp_generator`; on a pip
             # install the same names land on PATH and take `--ros-args`).

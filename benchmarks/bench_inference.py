@@ -35,13 +35,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
-from dvqvae_model.backends import probe_points  # noqa: E402
-from dvqvae_model.config import cvae_config, dvqvae_config, prior_config  # noqa: E402
-from dvqvae_model.cvae import GraspCVAE  # noqa: E402
-from dvqvae_model.dvqvae import DVQVAE  # noqa: E402
-from dvqvae_model.generator import GraspGenerator  # noqa: E402
-from dvqvae_model.hand_model import load_hand_model  # noqa: E402
-from dvqvae_model.prior import GatedPixelCNNPrior  # noqa: E402
+from dvqvae_model.runtime.parity import probe_points
+from dvqvae_model.nets.config import cvae_config, dvqvae_config, prior_config  # noqa: E402
+from dvqvae_model.nets.cvae import GraspCVAE  # noqa: E402
+from dvqvae_model.nets.dvqvae import DVQVAE  # noqa: E402
+from dvqvae_model.pipeline.generator import GraspGenerator  # noqa: E402
+from dvqvae_model.hand.hand_model import load_hand_model  # noqa: E402
+from dvqvae_model.nets.prior import GatedPixelCNNPrior  # noqa: E402
 
 MODELS = ("dvqvae", "cvae")
 BACKENDS = ("eager", "torchscript", "onnx")

@@ -3,7 +3,7 @@
     PYTHONPATH=. .venv/bin/python benchmarks/bench_large_objects.py [--objects 6] [--min-extent 0.15]
 
 Takes the default set's procedural objects of ``--min-extent`` or more with the fewest grasps
-(datasets/default), and the same number of 6-10 cm objects as the reference yield, and synthesizes
+(datasets/default; ``--pick random`` for a random sample of them), and the same number of 6-10 cm objects as the reference yield, and synthesizes
 each with the default settings and with ``SynthConfig.large_objects()`` (hands that grasp the thin
 direction of an edge, a rim or a handle, twice the hands) in one process, interleaved. Prints
 accepted grasps per object, objects left without grasps, acceptance and seconds per object, and
@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def pick_objects(compact: str, lo: float, hi: float, count: int, fewest: bool) -> list[tuple[str, dict]]:
     """(object id, recipe) of procedural objects whose largest extent is in [lo, hi)."""
-    from dvqvae_training.compact import read_compact
-    from dvqvae_training.data_cli import load_job_mesh, ObjectJob
+    from dvqvae_training.dataset.compact import read_compact
+    from dvqvae_training.dataset.data_cli import load_job_mesh, ObjectJob
 
     _, a = read_compact(compact)
     counts = np.bincount(a["grasp_object"], minlength=len(a["object_id"]))
@@ -50,16 +50,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--min-extent", type=float, default=0.15)
     ap.add_argument("--compact", default="datasets/default")
     ap.add_argument("--no-reference", action="store_true", help="skip the 6-10 cm reference objects")
+    ap.add_argument("--pick", choices=("fewest", "random"), default="fewest",
+                    help="large objects with the fewest grasps in the default set, or a random sample of them")
     a = ap.parse_args(argv)
 
     import torch
 
-    from dvqvae_training import data_cli
-    from dvqvae_training.data_cli import ObjectJob, run_job
-    from dvqvae_training.synthesizer import SynthConfig
+    from dvqvae_training.dataset import data_cli
+    from dvqvae_training.dataset.data_cli import ObjectJob, run_job
+    from dvqvae_training.synthesis.synthesizer import SynthConfig
 
     torch.set_num_threads(1)
-    large = pick_objects(a.compact, a.min_extent, 10.0, a.objects, fewest=True)
+    large = pick_objects(a.compact, a.min_extent, 10.0, a.objects, fewest=a.pick == "fewest")
     ref = [] if a.no_reference else pick_objects(a.compact, 0.06, 0.10, a.objects, fewest=False)
     configs = {"default": SynthConfig(), "large_objects": SynthConfig.large_objects()}
     cache = tempfile.mkdtemp(prefix="vhacd-")

@@ -117,10 +117,10 @@ def untrained_checkpoint(directory: Path) -> Path:
     import torch
 
     from dvqvae_model.checkpoint import save_checkpoint
-    from dvqvae_model.config import preset
-    from dvqvae_model.dvqvae import DVQVAE
-    from dvqvae_model.hand_model import load_hand_model
-    from dvqvae_model.prior import GatedPixelCNNPrior
+    from dvqvae_model.nets.config import preset
+    from dvqvae_model.nets.dvqvae import DVQVAE
+    from dvqvae_model.hand.hand_model import load_hand_model
+    from dvqvae_model.nets.prior import GatedPixelCNNPrior
 
     torch.manual_seed(0)
     hand = load_hand_model("standin")

@@ -3,7 +3,7 @@ and where the time goes (object preparation, optimisation, screening, penetratio
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_synth.py [--objects 8] [--workers 1] [--hands 96] [--steps 100]
 
-Runs the real pipeline (`dvqvae_training.data_cli.run_job`: procedural object, grid SDF,
+Runs the real pipeline (`dvqvae_training.dataset.data_cli.run_job`: procedural object, grid SDF,
 optimisation, checks, pybullet with the object's convex decomposition) on procedural objects of
 every family, in 1 process or a pool. Reports wall and CPU time and the projection for the
 default training set (20,000 grasps). The first object of each process pays one-off warm-up
@@ -26,7 +26,7 @@ TIMING_KEYS = ("mesh_s", "sdf_s", "vhacd_s", "optimise_s", "screen_s", "penetrat
 
 
 def _job_star(a):
-    from dvqvae_training.data_cli import run_job
+    from dvqvae_training.dataset.data_cli import run_job
 
     t = time.process_time()
     r = run_job(*a)
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
 
 
-    from dvqvae_training.data_cli import ObjectJob, _worker_init, recipe_list
-    from dvqvae_training.synthesizer import SynthConfig
+    from dvqvae_training.dataset.data_cli import ObjectJob, _worker_init, recipe_list
+    from dvqvae_training.synthesis.synthesizer import SynthConfig
 
     over = json.loads(a.config) if a.config else {}
     if a.hands:

@@ -17,23 +17,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import importlib
 import json
-import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
-from dvqvae_model.atomic_io import fsync_path
+from dvqvae_model.io import atomic_directory, sha256_file, unknown_config_keys
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dvqvae_model.prior import GatedPixelCNNPrior, PriorConfig
+from dvqvae_model.nets.prior import GatedPixelCNNPrior, PriorConfig
 
 FORMAT_NAME = "dvqvae_ros.checkpoint"
 FORMAT_VERSION = 1
@@ -81,12 +76,12 @@ def resolve_checkpoint(spec: Union[str, Path], default_dir: Optional[Path] = Non
 
 
 def _build_dvqvae(cfg: dict, hand: Any) -> nn.Module:
-    mod = importlib.import_module("dvqvae_model.dvqvae")
+    mod = importlib.import_module("dvqvae_model.nets.dvqvae")
     return mod.DVQVAE(_config_from_dict(mod.DVQVAEConfig, cfg), hand)
 
 
 def _build_cvae(cfg: dict, hand: Any) -> nn.Module:
-    mod = importlib.import_module("dvqvae_model.cvae")
+    mod = importlib.import_module("dvqvae_model.nets.cvae")
     return mod.GraspCVAE(_config_from_dict(mod.CVAEConfig, cfg), hand)
 
 
@@ -101,8 +96,7 @@ def register_model_kind(kind: str, builder: ModelBuilder) -> None:
 def _config_from_dict(cls: Any, d: dict) -> Any:
     """Build a config dataclass, refusing unknown keys (a config for another code version)."""
     if dataclasses.is_dataclass(cls):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = unknown_config_keys(cls, d)
         if unknown:
             raise CheckpointError(
                 f"model_config has keys unknown to {cls.__name__}: {unknown} "
@@ -167,21 +161,12 @@ def code_version() -> str:
         return "unknown"
 
 
-def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(chunk)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def _hand_prefixes(model: nn.Module) -> list[str]:
     """Submodule prefixes that hold a hand model: its buffers come from the hand, not training."""
     try:
-        from dvqvae_model.hand_model import HandModel
+        from dvqvae_model.hand.hand_model import HandModel
     except Exception:  # noqa: BLE001 - hand layer missing: nothing to exclude
         return []
     return [name + "." for name, m in model.named_modules() if name and isinstance(m, HandModel)]
@@ -255,42 +240,24 @@ def save_checkpoint(
         "extra": json.loads(json.dumps(extra or {}, default=_json_default)),
     }
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=parent))
-    try:
+    def fill(tmp: Path) -> None:
         parts = [("model", MODEL_FILE, model)] + ([("prior", PRIOR_FILE, prior)] if prior is not None else [])
         for role, fname, module in parts:
             tensors = _trainable_state(module)
             fpath = tmp / fname
             save_file(tensors, str(fpath), metadata={"format": "pt", "role": role, "kind": kind})
-            fsync_path(fpath)
             meta["files"][role] = {
                 "name": fname,
                 "sha256": sha256_file(fpath),
                 "bytes": fpath.stat().st_size,
                 "num_tensors": len(tensors),
             }
-        cpath = tmp / CONFIG_FILE
-        with open(cpath, "w", encoding="utf-8") as f:
+        with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, sort_keys=True, allow_nan=False)
             f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        # mkdtemp makes a private 0700 directory: a checkpoint is meant to be shared and read by others.
-        for child in tmp.iterdir():
-            os.chmod(child, 0o644)
-        os.chmod(tmp, 0o755)
-        fsync_path(tmp)
-        if path.exists():
-            old = parent / f".{path.name}.old-{uuid.uuid4().hex[:8]}"
-            os.rename(path, old)
-            os.rename(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, path)
-        fsync_path(parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+
+    # 0o644: mkdtemp makes a private directory; a checkpoint is meant to be shared and read by others.
+    atomic_directory(path, fill, file_mode=0o644)
     return path
 
 
@@ -405,7 +372,7 @@ def load_checkpoint(
     paths = {role: _verify_file(ckpt, role, entry) for role, entry in meta["files"].items()}
 
     if hand is None or isinstance(hand, (str, Path)):
-        from dvqvae_model.hand_model import load_hand_model
+        from dvqvae_model.hand.hand_model import load_hand_model
 
         hand = load_hand_model(str(hand) if hand is not None else "standin")
     given_fp = getattr(hand, "fingerprint", None)

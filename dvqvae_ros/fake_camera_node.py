@@ -1,7 +1,7 @@
 """ROS 2 node ``fake_depth_camera``: a simulated depth camera looking at one object.
 
 Lets the whole pipeline run without hardware: it ray-casts a mesh (a bundled
-sample object by name, or any mesh file) with ``dvqvae_model.depth_camera`` at a
+sample object by name, or any mesh file) with ``dvqvae_model.sim.depth_camera`` at a
 RealSense-like resolution and field of view, optionally standing on a table top,
 adds depth noise (fresh noise every frame), segments the object from the table
 and publishes the object's points as a float32 xyz PointCloud2 on ``points`` in
@@ -26,11 +26,11 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
 from std_msgs.msg import Header
 
-from dvqvae_model import depth_camera as dc
+from dvqvae_model.sim import depth_camera as dc
 from dvqvae_ros.parameters import FakeCameraParameters, ParameterError, declare_parameters, read_parameters
 from dvqvae_ros.spin import spin_until_shutdown
 from dvqvae_ros.point_cloud import create_cloud_xyz32
-from dvqvae_ros.sample_objects import load_object
+from dvqvae_model.sim.sample_objects import load_object
 
 __all__ = ["FakeDepthCamera", "FakeDepthCameraNode", "main"]
 

@@ -1,6 +1,6 @@
 """ROS 2 node ``grasp_generator``: object point clouds in, ranked human grasps out.
 
-A thin shell over ``dvqvae_model.generator.GraspGenerator``:
+A thin shell over ``dvqvae_model.pipeline.generator.GraspGenerator``:
 
 * subscribes ``points`` (sensor_msgs/PointCloud2, a segmented object cloud);
 * generates in ONE worker thread, so the executor never waits for inference. The
@@ -22,7 +22,7 @@ sampling ones (num_grasps, temperature, top_k, seed, refine, max_rate_hz) can be
 changed at run time; the others are read-only.
 
 Inference backends (eager, TorchScript, ONNX Runtime, TensorRT; ``auto`` = the
-fastest available) come from ``dvqvae_model.backends`` through ``GraspGenerator``.
+fastest available) come from ``dvqvae_model.runtime.backends`` through ``GraspGenerator``.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from dvqvae_model.checkpoint import DEFAULT_MODEL_DIR, CheckpointError, resolve_checkpoint
-from dvqvae_model.preprocess import CloudError
+from dvqvae_model.pipeline.preprocess import CloudError
 from dvqvae_ros import messages
 from dvqvae_ros.parameters import (
     GraspNodeParameters,
@@ -92,7 +92,7 @@ class StartupError(RuntimeError):
 
 # --------------------------------------------------------------------------- backends
 class GeneratorLike(Protocol):
-    """What the node needs from a grasp generator (``dvqvae_model.generator.GraspGenerator``)."""
+    """What the node needs from a grasp generator (``dvqvae_model.pipeline.generator.GraspGenerator``)."""
 
     def generate(self, points: np.ndarray, num_grasps: int, **kwargs: Any) -> Any: ...
 
@@ -129,7 +129,7 @@ def _check_device(device: str) -> None:
 
 def create_generator(params: GraspNodeParameters) -> tuple[GeneratorLike, str]:
     """The generator for ``params`` on the backend it names (``auto``: the fastest available here)."""
-    from dvqvae_model.generator import GraspGenerator
+    from dvqvae_model.pipeline.generator import GraspGenerator
 
     _check_device(params.device)
     model_dir = resolve_model_path(params.model)

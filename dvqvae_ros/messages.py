@@ -49,7 +49,7 @@ from sensor_msgs.msg import JointState
 from std_msgs.msg import ColorRGBA, Float32MultiArray, Header, MultiArrayDimension, MultiArrayLayout
 from visualization_msgs.msg import Marker, MarkerArray
 
-from dvqvae_model.hand_model import FINGER_JOINT_NAMES  # 15 finger joints, MANO order (= hand_pose order)
+from dvqvae_model.hand.hand_model import FINGER_JOINT_NAMES  # 15 finger joints, MANO order (= hand_pose order)
 
 __all__ = [
     "FINGER_JOINT_NAMES",

@@ -9,7 +9,7 @@ module reimplements its semantics (and is tested against it where it is importab
   row padding); big-endian data is converted to host order, `row_step` padding is skipped.
 * `skip_nans` only acts when `is_dense` is False, exactly like `sensor_msgs_py` (a cloud that
   claims to be dense but holds NaNs passes through; `read_xyz` leaves finite filtering to
-  `dvqvae_model.preprocess`).
+  `dvqvae_model.pipeline.preprocess`).
 * `reshape_organized_cloud` gives shape [height, width] for organized clouds (height > 1).
 
 Unlike `sensor_msgs_py`, malformed messages raise `ValueError`s that name the problem instead of
@@ -210,7 +210,7 @@ def read_points(
 def read_xyz(msg: PointCloud2) -> np.ndarray:
     """x, y, z of every point as float32 [N, 3] (organized clouds flattened row by row).
 
-    NaN/inf points are kept: finite filtering belongs to `dvqvae_model.preprocess`.
+    NaN/inf points are kept: finite filtering belongs to `dvqvae_model.pipeline.preprocess`.
     """
     names = {f.name for f in msg.fields}
     missing = [c for c in ("x", "y", "z") if c not in names]

@@ -1,6 +1,6 @@
 """Artifact bookkeeping for ``dvqvae-export``: sidecar, hashes, cache keys, export results.
 
-The sidecar format, the hashes and the cache keys are defined in ``dvqvae_model.backends``
+The sidecar format, the hashes and the cache keys are defined in ``dvqvae_model.runtime.artifacts``
 because the runtime must check them and the model library never imports this package; they are
 re-exported here so that export code has one place to import them from. What this module adds
 is export-side: where an artifact came from (checkpoint digests) and a printable result.
@@ -12,22 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from dvqvae_model.backends import (  # noqa: F401 - re-exported
-    ARTIFACT_FILES,
-    ARTIFACT_FORMATS,
+from dvqvae_model.io import sha256_file
+from dvqvae_model.runtime.artifacts import (
     DEFAULT_MAX_GRASPS,
     ONNX_OPSET,
-    SIDECAR_NAME,
     artifact_key,
-    build_options,
     graph_identity,
-    model_hash,
     read_sidecar,
     runtime_versions,
-    sha256_path,
-    sidecar_problems,
-    write_artifact_dir,
 )
+from dvqvae_model.runtime.build import build_options
 
 
 def checkpoint_source(path: Union[str, Path]) -> dict[str, Any]:
@@ -37,7 +31,7 @@ def checkpoint_source(path: Union[str, Path]) -> dict[str, Any]:
     cfg = p / "config.json" if p.is_dir() else p
     out: dict[str, Any] = {"checkpoint": str(p if p.is_dir() else p.parent)}
     if cfg.is_file():
-        out["checkpoint_sha256"] = sha256_path(cfg)
+        out["checkpoint_sha256"] = sha256_file(cfg)
         try:
             files = json.loads(cfg.read_text(encoding="utf-8")).get("files", {})
             out["weights_sha256"] = {role: e.get("sha256") for role, e in files.items() if isinstance(e, dict)}

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from dvqvae_model.backends import (
+from dvqvae_model.runtime.artifacts import (
     ARTIFACT_FORMATS,
     DEFAULT_MAX_GRASPS,
     ONNX_OPSET,
@@ -65,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def run(args: argparse.Namespace) -> dict:
     """Load the checkpoint, export, return the summary (raises on failure)."""
-    from dvqvae_model.generator import GraspGenerator
+    from dvqvae_model.pipeline.generator import GraspGenerator
 
     from .artifact import checkpoint_source
 
@@ -81,7 +81,8 @@ def run(args: argparse.Namespace) -> dict:
     ckpt = Path(args.checkpoint).expanduser()
     device = (args.device or "cuda") if args.format == "tensorrt" else "cpu"
     kwargs = {"num_points": args.num_points} if args.num_points > 0 else {}
-    generator = GraspGenerator.from_checkpoint(ckpt, hand=args.hand, device=device, **kwargs)
+    # the exporters take the graph description, never the generator
+    generator = GraspGenerator.from_checkpoint(ckpt, hand=args.hand, device=device, **kwargs).exportable
     top_k = args.top_k if args.top_k > 0 else None
     source = checkpoint_source(ckpt)
     source["export_options"] = {k: v for k, v in vars(args).items() if k not in ("verbose",)}

@@ -12,7 +12,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from dvqvae_model.backends import ONNX_OPSET, BackendError, build_artifact
+from dvqvae_model.runtime.artifacts import ONNX_OPSET, BackendError
+from dvqvae_model.runtime.build import build_artifact
 
 from .artifact import ExportResult
 

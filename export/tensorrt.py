@@ -4,7 +4,7 @@ On a CUDA machine ``export_tensorrt`` compiles the sampling graph with
 ``torch_tensorrt.compile(module, ir="dynamo", inputs=[Input(...), Input(min/opt/max K), Input(...)])``
 (fp32, or fp16 through rule-based autocast / a half cast), saves it with
 ``torch_tensorrt.save(..., output_format="exported_program")`` and checks the reloaded
-``torch_tensorrt.load(path).module()`` against eager (see ``dvqvae_model.backends``).
+``torch_tensorrt.load(path).module()`` against eager (see ``dvqvae_model.runtime.parity``).
 
 Before that, and on any machine, ``check_exportable`` proves the part that does not need a GPU:
 the very graph TensorRT receives exports with ``torch.export.export`` with a symbolic grasp
@@ -22,19 +22,18 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from dvqvae_model.backends import (
+from dvqvae_model.runtime.artifacts import (
     DEFAULT_MAX_GRASPS,
     EXAMPLE_GRASPS,
     PARITY_TOLERANCE_M,
     BackendError,
     BackendUnavailable,
-    build_artifact,
-    eager_outputs,
-    inference_copy,
-    parity,
-    probe_points,
     tensorrt_problem,
 )
+from dvqvae_model.runtime.build import build_artifact
+from dvqvae_model.runtime.converters import inference_copy
+from dvqvae_model.runtime.parity import eager_outputs, parity, probe_points
+from dvqvae_model.runtime.exportable import as_exportable
 
 from .artifact import ExportResult
 
@@ -117,6 +116,7 @@ def check_exportable(generator: Any, *, top_k: Optional[int] = None, max_grasps:
     its result is recorded (``decomposed_parity``), not enforced: TensorRT converts that graph, it
     does not execute it with PyTorch's stride rules.
     """
+    generator = as_exportable(generator)
     graph = inference_copy(generator.graph(top_k), "cpu")
     tail = list(generator.noise_shape(1)[1:])
     example = generator.make_noise(EXAMPLE_GRASPS, 0).cpu()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from dvqvae_model.backends import build_artifact
+from dvqvae_model.runtime.build import build_artifact
 
 from .artifact import ExportResult
 

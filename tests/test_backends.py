@@ -13,34 +13,19 @@ import numpy as np
 import pytest
 import torch
 
-from dvqvae_model import backends as B
-from dvqvae_model.backends import (
-    SIDECAR_NAME,
-    ArtifactMismatch,
-    BackendError,
-    BackendUnavailable,
-    EagerBackend,
-    build_artifact,
-    cached_backend,
-    eager_outputs,
-    load_artifact,
-    parity,
-    probe_points,
-    select_backend,
-)
-from dvqvae_model.config import dvqvae_config, prior_config
-from dvqvae_model.dvqvae import DVQVAE
-from dvqvae_model.generator import GraspGenerator
-from dvqvae_model.hand_model import load_hand_model
-from dvqvae_model.prior import GatedPixelCNNPrior
+from dvqvae_model.runtime import artifacts as A
+from dvqvae_model.runtime import backends as B
+from dvqvae_model.runtime.artifacts import SIDECAR_NAME, ArtifactMismatch, BackendError, BackendUnavailable
+from dvqvae_model.runtime.backends import EagerBackend, cached_backend, load_artifact, select_backend
+from dvqvae_model.runtime.build import build_artifact
+from dvqvae_model.runtime.parity import eager_outputs, parity, probe_points
+from dvqvae_model.nets.config import dvqvae_config, prior_config
+from dvqvae_model.nets.dvqvae import DVQVAE
+from dvqvae_model.pipeline.generator import GraspGenerator
+from dvqvae_model.nets.prior import GatedPixelCNNPrior
 
 NUM_POINTS = 512
 TOL_M = 1e-4
-
-
-@pytest.fixture(scope="module")
-def hand():
-    return load_hand_model("standin")
 
 
 def _models(hand, seed: int):
@@ -106,7 +91,7 @@ def test_tensorrt_without_cuda_names_the_missing_pieces(gen, monkeypatch, tmp_pa
     assert "torch_tensorrt is not importable" in msg
     assert not (tmp_path / "artifacts").exists()
     # auto never dies for lack of TensorRT: it picks a CPU backend
-    assert B.tensorrt_problem() is not None
+    assert A.tensorrt_problem() is not None
 
 
 def test_auto_picks_a_cpu_backend_measures_and_caches_the_choice(gen, cache: Path, monkeypatch) -> None:
@@ -161,7 +146,7 @@ def test_stale_cache_entry_is_rebuilt(gen, cache: Path, caplog) -> None:
     path = backend.artifact_path
     assert path is not None
     _edit_sidecar(path, lambda m: m["graph"].update(model_hash="0" * 64))
-    with caplog.at_level(logging.WARNING, logger="dvqvae_model.backends"):
+    with caplog.at_level(logging.WARNING, logger="dvqvae_model.runtime.backends"):
         fresh = cached_backend(gen, "torchscript", cache_dir=cache)
     assert "stale" in caplog.text and "model (checkpoint) hash differs" in caplog.text
     assert json.loads((path / SIDECAR_NAME).read_text())["graph"]["model_hash"] != "0" * 64
@@ -171,7 +156,7 @@ def test_stale_cache_entry_is_rebuilt(gen, cache: Path, caplog) -> None:
     data[len(data) // 2] ^= 0xFF
     (path / "graph.ts").write_bytes(bytes(data))
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="dvqvae_model.backends"):
+    with caplog.at_level(logging.WARNING, logger="dvqvae_model.runtime.backends"):
         healed = cached_backend(gen, "torchscript", cache_dir=cache)
     assert "damaged" in caplog.text
     assert _matches_eager(gen, healed) <= TOL_M
@@ -276,7 +261,7 @@ class _FakeTorchTensorRT(types.ModuleType):
 def fake_trt(monkeypatch) -> _FakeTorchTensorRT:
     fake = _FakeTorchTensorRT()
     monkeypatch.setitem(sys.modules, "torch_tensorrt", fake)
-    monkeypatch.setattr(B, "tensorrt_problem", lambda: None)
+    monkeypatch.setattr(A, "tensorrt_problem", lambda: None)
     return fake
 
 

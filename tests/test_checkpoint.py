@@ -20,7 +20,7 @@ from dvqvae_model.checkpoint import (
     register_model_kind,
     save_checkpoint,
 )
-from dvqvae_model.prior import GatedPixelCNNPrior, PriorConfig, gumbel_noise
+from dvqvae_model.nets.prior import GatedPixelCNNPrior, PriorConfig, gumbel_noise
 
 VOCAB = (4, 8, 8, 8, 8, 8, 8)
 

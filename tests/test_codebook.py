@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dvqvae_model.codebook import Codebook, kmeans
+from dvqvae_model.nets.codebook import Codebook, kmeans
 
 torch.set_num_threads(1)
 

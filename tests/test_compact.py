@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dvqvae_model.hand_model import load_hand_model
-from dvqvae_training import compact
-from dvqvae_training.data_cli import main as data_main
-from dvqvae_training.data_cli import recipe_list
-from dvqvae_training.dataset_format import DatasetError, DatasetReader, DatasetWriter, sample_surface
-from dvqvae_training.objects import make_object
+from dvqvae_model.hand.hand_model import load_hand_model
+from dvqvae_training.dataset import compact
+from dvqvae_training.dataset.data_cli import main as data_main
+from dvqvae_training.dataset.data_cli import recipe_list
+from dvqvae_training.dataset.dataset_format import DatasetError, DatasetReader, DatasetWriter, sample_surface
+from dvqvae_training.synthesis.objects import make_object
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT = REPO / "datasets" / "default"

@@ -6,18 +6,13 @@ import json
 import pytest
 import torch
 
-from dvqvae_model.config import cvae_config
-from dvqvae_model.cvae import CVAEConfig, GraspCVAE, GraspCVAEConfig
-from dvqvae_model.hand_model import HandModel, load_hand_model
-from dvqvae_model.losses import LossWeights
-from dvqvae_model.pointnet import parameter_count
+from dvqvae_model.nets.config import cvae_config
+from dvqvae_model.nets.cvae import CVAEConfig, GraspCVAE, GraspCVAEConfig
+from dvqvae_model.hand.hand_model import HandModel
+from dvqvae_model.nets.losses import LossWeights
+from dvqvae_model.nets.pointnet import parameter_count
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def hand() -> HandModel:
-    return load_hand_model("standin")
 
 
 def batch(n: int, n_points: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

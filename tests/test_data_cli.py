@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dvqvae_training import data_cli
-from dvqvae_training.dataset_format import DatasetReader
+from dvqvae_model.sim import visualize
+from dvqvae_training.dataset import data_cli
+from dvqvae_training.dataset.dataset_format import DatasetReader
 
 ROOT = Path(__file__).resolve().parents[1]
 # two small procedural objects and a tiny synthesis budget (seconds per object)
@@ -72,7 +73,7 @@ def test_objects_list_and_write(tmp_path, capsys):
     assert data_cli.main(["objects", "write", "--count", "2", "--families", "cylinder", "--out", str(tmp_path)]) == 0
     recs = (tmp_path / "recipes.jsonl").read_text().splitlines()
     assert len(recs) == 2
-    from dvqvae_training.objects import ObjectRecipe
+    from dvqvae_training.synthesis.objects import ObjectRecipe
 
     for line in recs:
         assert (tmp_path / f"{ObjectRecipe.from_json(line).object_id}.ply").is_file()
@@ -108,7 +109,7 @@ def test_interrupt_then_resume_loses_and_duplicates_nothing(tmp_path, monkeypatc
 
 def test_hard_kill_then_resume(tmp_path, reference, cache):
     out = tmp_path / "ds"
-    cmd = [sys.executable, "-m", "dvqvae_training.data_cli", "synth", str(out), *SYNTH_ARGS, "--cache-dir", cache]
+    cmd = [sys.executable, "-m", "dvqvae_training.dataset.data_cli", "synth", str(out), *SYNTH_ARGS, "--cache-dir", cache]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest = out / "manifest.json"
@@ -176,7 +177,7 @@ def test_rasterize_depth_order():
     sq = np.array([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], np.float64) * 0.5
     f = np.array([[0, 1, 2], [0, 2, 3]])
     near, far = sq + [0, 0, 0.1], sq + [0.3, 0, -0.1]
-    R = data_cli.view_rotation(90.0, -90.0)  # looking down -z: larger z is closer
-    img = data_cli.rasterize([(far, f, (0, 0, 1)), (near, f, (1, 0, 0))], R, np.zeros(3), 1.0, size=64)
+    R = visualize.view_rotation(90.0, -90.0)  # looking down -z: larger z is closer
+    img = visualize.rasterize([(far, f, (0, 0, 1)), (near, f, (1, 0, 0))], R, np.zeros(3), 1.0, size=64)
     c = img[32, 40]
     assert c[0] > c[2]

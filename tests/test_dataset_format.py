@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dvqvae_training.dataset_format import (
+from dvqvae_training.dataset.dataset_format import (
     CorruptShardError,
     DatasetError,
     DatasetReader,
@@ -147,7 +147,7 @@ CHILD = textwrap.dedent(
     import sys, time
     sys.path.insert(0, {tests!r})
     from test_dataset_format import SETTINGS, write
-    from dvqvae_training.dataset_format import DatasetWriter
+    from dvqvae_training.dataset.dataset_format import DatasetWriter
     w = DatasetWriter({root!r}, objects_per_shard=2, **SETTINGS)
     for i in range(200):
         if not w.has_object(f"obj-{{i:04d}}"):

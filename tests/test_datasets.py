@@ -10,8 +10,8 @@ import trimesh
 from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 
-from dvqvae_training.dataset_format import DatasetWriter, sample_surface
-from dvqvae_training.datasets import (
+from dvqvae_training.dataset.dataset_format import DatasetWriter, sample_surface
+from dvqvae_training.dataset.datasets import (
     Augmentation,
     GraspDataset,
     MeshFolderDataset,
@@ -19,14 +19,14 @@ from dvqvae_training.datasets import (
     WristJoint,
     transform_hand_params,
 )
-from dvqvae_training.objects import make_object, recipe_from_seed
+from dvqvae_training.synthesis.objects import make_object, recipe_from_seed
 
 N = 600
 
 
 @pytest.fixture(scope="module")
 def hand():
-    from dvqvae_model.hand_model import load_hand_model
+    from dvqvae_model.hand.hand_model import load_hand_model
 
     return load_hand_model("standin").double()
 

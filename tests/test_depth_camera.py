@@ -11,7 +11,7 @@ o3d = pytest.importorskip("open3d")  # the simulator needs open3d (the `data` ex
 import open3d.core as o3c  # noqa: E402
 import trimesh  # noqa: E402
 
-from dvqvae_model.depth_camera import (  # noqa: E402
+from dvqvae_model.sim.depth_camera import (  # noqa: E402
     CameraIntrinsics,
     add_depth_noise,
     capture_object_cloud,

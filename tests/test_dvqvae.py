@@ -9,21 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from dvqvae_model.config import COMPACT_MAX_PARAMETERS, dvqvae_config, preset
-from dvqvae_model.dvqvae import (DVQVAE, VARIANTS, DVQVAEConfig, farthest_point_subset, part_index_table,
+from dvqvae_model.nets.config import COMPACT_MAX_PARAMETERS, dvqvae_config, preset
+from dvqvae_model.nets.dvqvae import (DVQVAE, VARIANTS, DVQVAEConfig, farthest_point_subset, part_index_table,
                                  rigid_place)
-from dvqvae_model.gating import SkeletalGating
-from dvqvae_model.hand_model import HandModel, load_hand_model
-from dvqvae_model.losses import LossWeights
-from dvqvae_model.pointnet import PointNet, TNet, parameter_count
-from dvqvae_model.prior import GatedPixelCNNPrior
+from dvqvae_model.nets.gating import SkeletalGating
+from dvqvae_model.hand.hand_model import HandModel
+from dvqvae_model.nets.losses import LossWeights
+from dvqvae_model.nets.pointnet import PointNet, TNet, parameter_count
+from dvqvae_model.nets.prior import GatedPixelCNNPrior
 
 torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def hand() -> HandModel:
-    return load_hand_model("standin")
 
 
 def random_rotation(g: torch.Generator) -> torch.Tensor:
@@ -369,7 +364,7 @@ def test_overfit_small_set_end_to_end(hand: HandModel) -> None:
 def _fit_two_sides(hand: HandModel, sees_codes: bool) -> torch.Tensor:
     """Per-sample vertex error (mm) after fitting two grasps that differ only by a half turn about z,
     on an object cloud that the half turn maps onto itself."""
-    from dvqvae_training.datasets import WristJoint, transform_hand_params
+    from dvqvae_training.dataset.datasets import WristJoint, transform_hand_params
 
     obj, prm = synthetic_grasps(hand, 1, 128, seed=3)
     half_turn = np.diag([-1.0, -1.0, 1.0])

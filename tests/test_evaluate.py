@@ -9,27 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from dvqvae_model.hand_model import load_hand_model
-from dvqvae_training.eval_cli import main as eval_main
-from dvqvae_training.evaluate import EvalConfig, ModelSpec, evaluate, markdown_table, objects_from_dataset, write_report
-from dvqvae_training.metrics import ObjectGeometry, penetration_volumes_cm3
+from dvqvae_training.evaluate.eval_cli import main as eval_main
+from dvqvae_training.evaluate.evaluate import EvalConfig, ModelSpec, evaluate, markdown_table, objects_from_dataset, write_report
+from dvqvae_training.evaluate.metrics import ObjectGeometry, penetration_volumes_cm3
 from dvqvae_training.train import PriorTrainConfig, TrainConfig, train_all, train_cvae
 from test_train import write_toy_dataset  # the toy dataset maker lives with the training tests
 
 NUM_POINTS = 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def hand():
-    return load_hand_model("standin")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

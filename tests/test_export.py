@@ -14,33 +14,25 @@ from dvqvae_export.cli import main as export_main
 from dvqvae_export.onnx_export import check_onnx_file, export_onnx
 from dvqvae_export.tensorrt import check_exportable, export_program, random_ops
 from dvqvae_export.torchscript import export_torchscript
-from dvqvae_model.backends import (
+from dvqvae_model.runtime.artifacts import (
     EXAMPLE_GRASPS,
     SIDECAR_NAME,
     BackendError,
     BackendUnavailable,
-    eager_outputs,
     graph_identity,
-    load_artifact,
-    parity,
-    probe_points,
     tensorrt_problem,
 )
+from dvqvae_model.runtime.backends import load_artifact
+from dvqvae_model.runtime.parity import eager_outputs, parity, probe_points
 from dvqvae_model.checkpoint import save_checkpoint
-from dvqvae_model.config import cvae_config, dvqvae_config, prior_config
-from dvqvae_model.cvae import GraspCVAE
-from dvqvae_model.dvqvae import DVQVAE
-from dvqvae_model.generator import GraspGenerator
-from dvqvae_model.hand_model import load_hand_model
-from dvqvae_model.prior import GatedPixelCNNPrior
+from dvqvae_model.nets.config import cvae_config, dvqvae_config, prior_config
+from dvqvae_model.nets.cvae import GraspCVAE
+from dvqvae_model.nets.dvqvae import DVQVAE
+from dvqvae_model.pipeline.generator import GraspGenerator
+from dvqvae_model.nets.prior import GatedPixelCNNPrior
 
 NUM_POINTS = 512
 TOL_M = 1e-4
-
-
-@pytest.fixture(scope="module")
-def hand():
-    return load_hand_model("standin")
 
 
 def _dvqvae(hand, seed: int = 0):

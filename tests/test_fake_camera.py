@@ -17,17 +17,17 @@ from rclpy.parameter import Parameter
 from sensor_msgs.msg import PointCloud2, PointField
 
 from ros_helpers import domain, ros_context, Spinner, wait_for
-from dvqvae_model import depth_camera as dc
+from dvqvae_model.sim import depth_camera as dc
 from dvqvae_model.checkpoint import save_checkpoint
-from dvqvae_model.config import preset
-from dvqvae_model.dvqvae import DVQVAE
-from dvqvae_model.hand_model import load_hand_model
-from dvqvae_model.prior import GatedPixelCNNPrior
+from dvqvae_model.nets.config import preset
+from dvqvae_model.nets.dvqvae import DVQVAE
+from dvqvae_model.hand.hand_model import load_hand_model
+from dvqvae_model.nets.prior import GatedPixelCNNPrior
 from dvqvae_ros.fake_camera_node import FakeDepthCamera, FakeDepthCameraNode
 from dvqvae_ros.grasp_node import GraspGeneratorNode
 from dvqvae_ros.parameters import ParameterError
 from dvqvae_ros.point_cloud import read_xyz
-from dvqvae_ros.sample_objects import SAMPLE_OBJECTS, load_object, sample_object
+from dvqvae_model.sim.sample_objects import SAMPLE_OBJECTS, load_object, sample_object
 
 DOMAIN_ID = domain(78)  # unique per test module
 REPO = Path(__file__).resolve().parent.parent
@@ -37,10 +37,6 @@ INTRINSICS = dc.CameraIntrinsics.from_fov(640, 480, 79.5)
 @pytest.fixture(scope="module")
 def ctx():
     yield from ros_context(DOMAIN_ID)
-
-
-
-
 
 
 # --------------------------------------------------------------------------- sample objects

@@ -43,9 +43,9 @@ def test_clone_imports_every_module_and_asset(clone: Path) -> None:
         "import importlib, pkgutil, sys\n"
         "import dvqvae_model\n"
         f"assert dvqvae_model.__file__.startswith({str(clone)!r}), dvqvae_model.__file__\n"
-        "for m in pkgutil.iter_modules(dvqvae_model.__path__):\n"
-        "    importlib.import_module('dvqvae_model.' + m.name)\n"
-        "from dvqvae_model.hand_model import load_hand_model\n"
+        "for m in pkgutil.walk_packages(dvqvae_model.__path__, 'dvqvae_model.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "from dvqvae_model.hand.hand_model import load_hand_model\n"
         "hand = load_hand_model('standin')\n"
         "print(hand.fingerprint)\n"
     )

@@ -8,23 +8,18 @@ import pytest
 import torch
 
 from dvqvae_model.checkpoint import save_checkpoint
-from dvqvae_model.config import cvae_config, dvqvae_config, prior_config
-from dvqvae_model.cvae import GraspCVAE
-from dvqvae_model.dvqvae import DVQVAE
-from dvqvae_model.generator import GraspGenerator, GraspSet
-from dvqvae_model.hand_model import SLICE_TRANSL, load_hand_model
-from dvqvae_model.preprocess import CloudError
-from dvqvae_model.prior import GatedPixelCNNPrior
-from dvqvae_model.refine import RefineConfig, refine_energy, refine_grasps
-from dvqvae_model.sampling_graph import GraspScorer
-from dvqvae_model.visualize import render_grasps_png
+from dvqvae_model.nets.config import cvae_config, dvqvae_config, prior_config
+from dvqvae_model.nets.cvae import GraspCVAE
+from dvqvae_model.nets.dvqvae import DVQVAE
+from dvqvae_model.pipeline.generator import GraspGenerator, GraspSet
+from dvqvae_model.hand.hand_model import SLICE_TRANSL
+from dvqvae_model.pipeline.preprocess import CloudError
+from dvqvae_model.nets.prior import GatedPixelCNNPrior
+from dvqvae_model.pipeline.refine import RefineConfig, refine_energy, refine_grasps
+from dvqvae_model.nets.sampling_graph import GraspScorer
+from dvqvae_model.sim.visualize import render_grasps_png
 
 NUM_POINTS = 256
-
-
-@pytest.fixture(scope="module")
-def hand():
-    return load_hand_model("standin")
 
 
 @pytest.fixture(scope="module")

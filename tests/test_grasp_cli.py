@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from dvqvae_model.checkpoint import save_checkpoint
-from dvqvae_model.config import preset
-from dvqvae_model.dvqvae import DVQVAE
-from dvqvae_model.hand_model import load_hand_model
-from dvqvae_model.prior import GatedPixelCNNPrior
+from dvqvae_model.nets.config import preset
+from dvqvae_model.nets.dvqvae import DVQVAE
+from dvqvae_model.hand.hand_model import load_hand_model
+from dvqvae_model.nets.prior import GatedPixelCNNPrior
 from dvqvae_ros import grasp_cli
 from ros_helpers import domain
 
@@ -91,6 +91,22 @@ def test_generate_reports_bad_input(tmp_path: Path, checkpoint: Path, capsys) ->
     assert rc == 2 and "missing.obj" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="not a directory"):
         grasp_cli.main(["generate", "--object", "mug", "--out", str(tmp_path / "o"), "--model", str(tmp_path / "nope")])
+
+
+def test_generate_runs_without_importing_ros(tmp_path: Path, checkpoint: Path) -> None:
+    """`generate` is documented as "without ROS": a whole run loads no ROS module."""
+    out = tmp_path / "out"
+    code = ("import sys\n"
+            "from dvqvae_ros import grasp_cli\n"
+            f"rc = grasp_cli.main(['generate', '--object', 'mug', '--num-grasps', '2', '--out', {str(out)!r},\n"
+            f"                     '--model', {str(checkpoint)!r}, '--no-quality'])\n"
+            "ros = sorted(m for m in sys.modules if m.split('.')[0] == 'rclpy' or m.split('.')[0].endswith('_msgs'))\n"
+            "print('ROS:', ros)\n"
+            "sys.exit(rc)\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "ROS: []" in res.stdout, res.stdout
+    _check_outputs(out, 2)
 
 
 def test_demo_runs_camera_and_node_over_dds(tmp_path: Path, checkpoint: Path) -> None:

@@ -5,16 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from dvqvae_model.hand_metadata import vertex_normals
-from dvqvae_model.hand_model import load_hand_model
-from dvqvae_training.grasp_labels import GRASP_LABELS, GraspLabeller, LabelFeatures, label_from_features
-from dvqvae_training.grasp_types import GRASP_TYPES, blend_local_degrees
-from dvqvae_training.synthesizer import HandPrior
-
-
-@pytest.fixture(scope="module")
-def hand():
-    return load_hand_model("standin")
+from dvqvae_model.hand.hand_metadata import vertex_normals
+from dvqvae_training.synthesis.grasp_labels import GRASP_LABELS, GraspLabeller, LabelFeatures, label_from_features
+from dvqvae_training.synthesis.grasp_types import GRASP_TYPES, blend_local_degrees
+from dvqvae_training.synthesis.synthesizer import HandPrior
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +148,8 @@ def test_rule_table(features, label):
 
 def test_labels_survive_pack_and_unpack(tmp_path, hand, prior, labeller):
     """A dataset written with labels keeps them through the compact form."""
-    from dvqvae_training import compact
-    from dvqvae_training.dataset_format import DatasetReader, DatasetWriter
+    from dvqvae_training.dataset import compact
+    from dvqvae_training.dataset.dataset_format import DatasetReader, DatasetWriter
 
     params, v = _posed(hand, prior, "pinch")
     r = prior.regions.ids

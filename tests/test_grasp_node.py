@@ -34,11 +34,11 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from ros_helpers import domain, ros_context, Spinner, wait_for
 from dvqvae_model.checkpoint import save_checkpoint
-from dvqvae_model.config import preset
-from dvqvae_model.dvqvae import DVQVAE
-from dvqvae_model.hand_model import load_hand_model
-from dvqvae_model.preprocess import CloudError
-from dvqvae_model.prior import GatedPixelCNNPrior
+from dvqvae_model.nets.config import preset
+from dvqvae_model.nets.dvqvae import DVQVAE
+from dvqvae_model.hand.hand_model import load_hand_model
+from dvqvae_model.pipeline.preprocess import CloudError
+from dvqvae_model.nets.prior import GatedPixelCNNPrior
 from dvqvae_ros import grasp_node
 from dvqvae_ros.grasp_node import GraspGeneratorNode, LatestOnlyWorker, StartupError
 from dvqvae_ros.parameters import ParameterError
@@ -164,10 +164,6 @@ class Harness:
 
     def close(self) -> None:
         self.spinner.close()
-
-
-
-
 
 
 @pytest.fixture
@@ -298,7 +294,7 @@ def test_input_options_reach_the_generator(harness, checkpoint) -> None:
 @pytest.mark.parametrize("crop", [dict(crop_box=[1.0, 1.0, 1.0, 1.05, 1.1, 1.2]), dict(crop_radius=0.03),
                                   dict(min_points=5000)])
 def test_warm_up_cloud_passes_the_node_crops(crop) -> None:
-    from dvqvae_model.preprocess import prepare_cloud
+    from dvqvae_model.pipeline.preprocess import prepare_cloud
     from dvqvae_ros.parameters import GraspNodeParameters, check_parameters
 
     params = check_parameters(GraspNodeParameters, crop)

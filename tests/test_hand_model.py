@@ -16,9 +16,9 @@ import torch
 import trimesh
 from scipy.sparse.csgraph import connected_components
 
-from dvqvae_model import hand_metadata as hm
-from dvqvae_model.hand_cli import main as hand_cli_main
-from dvqvae_model.hand_model import (
+from dvqvae_model.hand import hand_metadata as hm
+from dvqvae_model.hand.hand_cli import main as hand_cli_main
+from dvqvae_model.hand.hand_model import (
     FINGER_JOINT_NAMES,
     KEYPOINT_NAMES,
     MANO_JOINT_NAMES,
@@ -27,9 +27,9 @@ from dvqvae_model.hand_model import (
     HandModel,
     load_hand_model,
 )
-from dvqvae_model.hand_poses import NAMED_POSES, named_pose, named_pose_params
-from dvqvae_model.mano_pickle import load_mano_arrays
-from dvqvae_model.skeleton import BEND_ANGLE_NAMES, bend_angles
+from dvqvae_model.hand.hand_poses import NAMED_POSES, named_pose, named_pose_params
+from dvqvae_model.hand.mano_pickle import load_mano_arrays
+from dvqvae_model.hand.skeleton import BEND_ANGLE_NAMES, bend_angles
 
 torch.set_num_threads(1)
 
@@ -318,7 +318,7 @@ def test_cli_info_json(hand: HandModel) -> None:
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     res = subprocess.run(
-        [sys.executable, "-m", "dvqvae_model.hand_cli", "info", "--json"],
+        [sys.executable, "-m", "dvqvae_model.hand.hand_cli", "info", "--json"],
         capture_output=True,
         text=True,
         env=env,
@@ -346,9 +346,9 @@ def test_load_errors(tmp_path: Path) -> None:
 
 def test_committed_standin_metadata_is_current() -> None:
     """The shipped metadata must match the shipped asset, so loading never has to rewrite it."""
-    from dvqvae_model import hand_model as hm
-    from dvqvae_model.hand_metadata import load_metadata, model_fingerprint
-    from dvqvae_model.mano_pickle import load_mano_arrays
+    from dvqvae_model.hand import hand_model as hm
+    from dvqvae_model.hand.hand_metadata import load_metadata, model_fingerprint
+    from dvqvae_model.hand.mano_pickle import load_mano_arrays
 
     arrays = load_mano_arrays(hm.ASSET_DIR / "standin_right.pkl", use_cache=False)
     stored = load_metadata(hm.STANDIN_META)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import trimesh
 
-from dvqvae_model.losses import (LossWeights, consistency_loss, contact_loss, grasp_losses, kl_divergence,
+from dvqvae_model.nets.losses import (LossWeights, consistency_loss, contact_loss, grasp_losses, kl_divergence,
                                  nearest_neighbours, penetration_loss, soft_contact_map, vertex_normals,
                                  weighted_total)
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from dvqvae_model import mano_pickle as mp
+from dvqvae_model.hand import mano_pickle as mp
 
 V, J = 778, 16
 

@@ -10,14 +10,9 @@ from scipy.spatial.transform import Rotation
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker
 
-from dvqvae_model.hand_model import FINGER_JOINT_NAMES as HAND_FINGER_JOINT_NAMES
-from dvqvae_model.hand_model import KEYPOINT_NAMES, load_hand_model
+from dvqvae_model.hand.hand_model import FINGER_JOINT_NAMES as HAND_FINGER_JOINT_NAMES
+from dvqvae_model.hand.hand_model import KEYPOINT_NAMES
 from dvqvae_ros import messages as m
-
-
-@pytest.fixture(scope="module")
-def hand():
-    return load_hand_model("standin")
 
 
 @pytest.fixture(scope="module")

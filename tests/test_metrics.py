@@ -7,7 +7,7 @@ import torch
 import trimesh
 from scipy.spatial.transform import Rotation
 
-from dvqvae_training.metrics import (
+from dvqvae_training.evaluate.metrics import (
     DEFAULT_PITCH,
     ObjectGeometry,
     canonical_keypoints,
@@ -25,13 +25,6 @@ from dvqvae_training.metrics import (
 def lens_volume(r1: float, r2: float, d: float) -> float:
     """Intersection volume of two balls with centre distance d (spherical caps)."""
     return np.pi * (r1 + r2 - d) ** 2 * (d * d + 2 * d * (r1 + r2) - 3 * (r1 - r2) ** 2) / (12 * d)
-
-
-@pytest.fixture(scope="module")
-def hand():
-    from dvqvae_model.hand_model import load_hand_model
-
-    return load_hand_model("standin")
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import trimesh
 
-from dvqvae_training import implicit
-from dvqvae_training.objects import (
+from dvqvae_training.synthesis import implicit
+from dvqvae_training.synthesis.objects import (
     FAMILIES,
     MAX_EXTENT,
     MIN_EXTENT,
@@ -23,7 +23,7 @@ from dvqvae_training.objects import (
     recipe_from_seed,
     sample_recipe,
 )
-from dvqvae_training.sdf import mesh_occupancy
+from dvqvae_training.synthesis.sdf import mesh_occupancy
 
 CHEAP = [f for f in FAMILIES if f not in ("mug", "union")]
 

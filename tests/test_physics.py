@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import trimesh
 
-from dvqvae_training.physics import (
+from dvqvae_training.synthesis.physics import (
     AXIS_DIRECTIONS,
     GraspSimulator,
     SimulationConfig,
@@ -22,13 +22,6 @@ FREE_FALL = 9.8 * (1 / 240) ** 2 * 35 * 36 / 2
 @pytest.fixture(scope="module")
 def ball() -> trimesh.Trimesh:
     return trimesh.creation.icosphere(subdivisions=3, radius=0.03)
-
-
-@pytest.fixture(scope="module")
-def hand():
-    from dvqvae_model.hand_model import load_hand_model
-
-    return load_hand_model("standin")
 
 
 @pytest.fixture(scope="module")

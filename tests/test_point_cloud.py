@@ -277,9 +277,9 @@ def test_depth_camera_cloud_through_ros_message_into_preprocess():
     import trimesh
     from rclpy.serialization import deserialize_message, serialize_message
 
-    from dvqvae_model.depth_camera import (
+    from dvqvae_model.sim.depth_camera import (
         CameraIntrinsics, depth_to_points, look_at, make_scene, render_depth, transform_points)
-    from dvqvae_model.preprocess import prepare_cloud
+    from dvqvae_model.pipeline.preprocess import prepare_cloud
 
     intr = CameraIntrinsics(width=160, height=120, fx=96.25, fy=96.25, cx=79.5, cy=59.5)
     mesh = trimesh.creation.icosphere(subdivisions=4, radius=0.08)

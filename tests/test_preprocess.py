@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.spatial import cKDTree
 
-from dvqvae_model.preprocess import (
+from dvqvae_model.pipeline.preprocess import (
     CloudError,
     PreparedCloud,
     farthest_point_indices,

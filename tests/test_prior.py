@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from dvqvae_model.prior import (
+from dvqvae_model.nets.prior import (
     NEG_LOGIT,
     GatedPixelCNNPrior,
     PriorConfig,

@@ -6,7 +6,7 @@ import pytest
 import torch
 import trimesh
 
-from dvqvae_training.sdf import ObjectSDF, mesh_signed_distance
+from dvqvae_training.synthesis.sdf import ObjectSDF, mesh_signed_distance
 
 R = 0.05
 C = np.array([0.01, -0.02, 0.005])

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 import trimesh
-from dvqvae_training.grasp_types import GRASP_TYPES, REGION_NAMES, blend_local_degrees
-from dvqvae_training.metrics import ObjectGeometry, penetration_volume
-from dvqvae_training.physics import GraspSimulator
-from dvqvae_training.synthesizer import (
+from dvqvae_training.synthesis.grasp_types import GRASP_TYPES, REGION_NAMES, blend_local_degrees
+from dvqvae_training.evaluate.metrics import ObjectGeometry, penetration_volume
+from dvqvae_training.synthesis.physics import GraspSimulator
+from dvqvae_training.synthesis.synthesizer import (
     REJECT_REASONS,
     GraspSynthesizer,
     ObjectContext,
@@ -18,17 +18,10 @@ from dvqvae_training.synthesizer import (
     fast_penetration_volume,
 )
 
-from dvqvae_model.hand_metadata import local_joint_limits, pose_from_local
+from dvqvae_model.hand.hand_metadata import local_joint_limits, pose_from_local
 
 # small but realistic: enough hands and steps that both test objects yield grasps
 SMALL = SynthConfig(hands_per_object=40, steps=80, cull_at=0.0, max_grasps_per_object=4)
-
-
-@pytest.fixture(scope="module")
-def hand():
-    from dvqvae_model.hand_model import load_hand_model
-
-    return load_hand_model("standin")
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +111,7 @@ def test_batch_vertices_match_stored_params(hand, synth):
     ctx = ObjectContext.build(CYLINDER, synth.config, rng)
     batch = synth.initial_hands(ctx, rng, 6)
     v, kp = synth.pose_hands(batch, batch.theta, batch.delta + 0.1, batch.anchor_world)
-    from dvqvae_training.synthesizer import params_from_batch
+    from dvqvae_training.synthesis.synthesizer import params_from_batch
 
     moved = type(batch)(**{**batch.__dict__, "delta": batch.delta + 0.1})
     p = params_from_batch(hand, synth.prior, moved)
@@ -135,7 +128,7 @@ def test_initial_hands_face_the_object(synth):
     assert sorted(set(batch.type_idx.tolist())) == list(range(len(synth.prior.type_names)))
     lo, hi = synth.prior.lim_lo, synth.prior.lim_hi
     assert torch.all(batch.theta >= lo - 1e-6) and torch.all(batch.theta <= hi + 1e-6)
-    from dvqvae_training.synthesizer import rotation_matrix
+    from dvqvae_training.synthesis.synthesizer import rotation_matrix
 
     with torch.no_grad():
         R = rotation_matrix(batch.delta) @ batch.R0
@@ -183,7 +176,7 @@ def test_simplex_min_norm():
 
 def test_hand_prior_geometry(hand, synth):
     pr = synth.prior
-    from dvqvae_training.sdf import mesh_occupancy
+    from dvqvae_training.synthesis.sdf import mesh_occupancy
 
     rest = hand.rest()
     v = rest.vertices[0].double().numpy()
@@ -235,7 +228,7 @@ def test_thinnest_chord_finds_the_thin_direction():
 def test_aligned_rolls_close_across_the_thin_direction(hand):
     """On a large plate, align_roll puts more hands on the rim, closing across its 2 cm thickness,
     than random rolls do; the default settings draw exactly the hands they drew before."""
-    from dvqvae_training.synthesizer import rotation_matrix
+    from dvqvae_training.synthesis.synthesizer import rotation_matrix
 
     plate = trimesh.creation.box(extents=[0.24, 0.2, 0.02])
 

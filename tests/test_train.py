@@ -12,11 +12,10 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from dvqvae_model.generator import GraspGenerator
-from dvqvae_model.hand_model import load_hand_model
-from dvqvae_model.hand_poses import named_pose
-from dvqvae_training.dataset_format import DatasetReader, DatasetWriter, sample_surface
-from dvqvae_training.objects import make_object, recipe_from_seed
+from dvqvae_model.pipeline.generator import GraspGenerator
+from dvqvae_model.hand.hand_poses import named_pose
+from dvqvae_training.dataset.dataset_format import DatasetReader, DatasetWriter, sample_surface
+from dvqvae_training.synthesis.objects import make_object, recipe_from_seed
 from dvqvae_training.train import (
     EXIT_RESUMABLE,
     EpochBatchSampler,
@@ -29,7 +28,7 @@ from dvqvae_training.train import (
     train_dvqvae,
     train_prior,
 )
-from dvqvae_training.train_cli import main as train_main
+from dvqvae_training.train.train_cli import main as train_main
 
 NUM_POINTS = 128
 
@@ -80,18 +79,7 @@ def write_toy_dataset(root: Path, hand, *, num_points: int = 256, grasps: int = 
 # =============================================================================== fixtures
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two shared cores: more torch threads than one only add contention."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def hand():
-    return load_hand_model("standin")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +146,7 @@ def test_contact_scale_reaches_the_training_loss(data_root, hand, tmp_path, scal
 
 
 def test_cli_passes_the_contact_options(tmp_path):
-    from dvqvae_training.train_cli import build_parser, configs
+    from dvqvae_training.train.train_cli import build_parser, configs
 
     main_cfg, prior_cfg = configs(build_parser().parse_args(
         ["dvqvae", "--data", str(tmp_path), "--contact-scale", "0.02", "--contact-warmup", "0.4"]))

@@ -30,9 +30,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from dvqvae_model.generator import GraspGenerator  # noqa: E402
-from dvqvae_model.hand_model import SLICE_GLOBAL_ORIENT, SLICE_HAND_POSE, SLICE_TRANSL, load_hand_model  # noqa: E402
-from dvqvae_model.visualize import render_grasps_png  # noqa: E402
+from dvqvae_model.pipeline.generator import GraspGenerator  # noqa: E402
+from dvqvae_model.hand.hand_model import SLICE_GLOBAL_ORIENT, SLICE_HAND_POSE, SLICE_TRANSL, load_hand_model  # noqa: E402
+from dvqvae_model.sim.visualize import render_grasps_png  # noqa: E402
 
 
 def load_cloud(path: str) -> np.ndarray:
@@ -85,9 +85,9 @@ def demo_grasps(hand, num: int, radius: float, rng: np.random.Generator) -> np.n
 
 def run_demo(args: argparse.Namespace) -> None:
     from dvqvae_model.checkpoint import save_checkpoint
-    from dvqvae_model.config import dvqvae_config, prior_config
-    from dvqvae_model.dvqvae import DVQVAE
-    from dvqvae_model.prior import GatedPixelCNNPrior
+    from dvqvae_model.nets.config import dvqvae_config, prior_config
+    from dvqvae_model.nets.dvqvae import DVQVAE
+    from dvqvae_model.nets.prior import GatedPixelCNNPrior
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)

@@ -1,0 +1,249 @@
+"""``dvqvae-grasp demo``: fake depth camera -> grasp node over DDS -> files, picture, latency, quality.
+
+The only ``dvqvae-grasp`` path that imports ROS.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from dvqvae_ros.grasp_files import quick_quality, resolve_model, write_grasp_files
+
+__all__ = ["cmd_demo"]
+
+STAMPED_TOPICS = ("grasps/wrist_poses", "grasps/keypoints", "grasps/joint_states", "grasps/markers")
+LIGHT_TOPICS = STAMPED_TOPICS[:3]
+
+
+# ------------------------------------------------------------------------------------------ demo
+@dataclass
+class _Round:
+    stamp_ns: int
+    received_ns: dict[str, int] = field(default_factory=dict)
+    keypoints: Optional[np.ndarray] = None
+
+
+class _Listener:
+    """Subscribes to the camera and every node output; pairs them by header stamp."""
+
+    def __init__(self, node: Any) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geometry_msgs.msg import PoseArray
+        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from sensor_msgs.msg import JointState, PointCloud2
+        from std_msgs.msg import Float32MultiArray
+        from visualization_msgs.msg import MarkerArray
+
+        self.node = node
+        self.lock = threading.Lock()
+        self.clouds: dict[int, np.ndarray] = {}
+        self.rounds: dict[int, _Round] = {}
+        self.mano: list[np.ndarray] = []
+        self.diagnostics: dict[str, str] = {}
+        reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        node.create_subscription(PointCloud2, "points", self._on_cloud, reliable)
+        types = {"grasps/markers": MarkerArray, "grasps/wrist_poses": PoseArray, "grasps/keypoints": PoseArray,
+                 "grasps/mano": Float32MultiArray, "grasps/joint_states": JointState}
+        for topic, msg_type in types.items():
+            # The hand meshes (~1 MB) are taken raw: turning them into Python objects here would hold up
+            # every other callback (RViz, in C++, does not pay that); only their stamp is read.
+            node.create_subscription(msg_type, topic, lambda m, t=topic: self._on_output(t, m), reliable,
+                                     raw=topic == "grasps/markers")
+        node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, reliable)
+
+    @staticmethod
+    def _stamp(header: Any) -> int:
+        return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+    def _on_cloud(self, msg: Any) -> None:
+        from dvqvae_ros.point_cloud import read_xyz
+
+        with self.lock:
+            self.clouds[self._stamp(msg.header)] = np.array(read_xyz(msg), dtype=np.float32)
+
+    def _stamp_of(self, topic: str, msg: Any) -> Optional[int]:
+        if topic == "grasps/markers":
+            # Serialised MarkerArray (CDR, little endian): 4-byte encapsulation, uint32 marker count,
+            # then the first marker's header stamp (int32 sec, uint32 nanosec).
+            raw = bytes(msg[:16])
+            if len(raw) < 16 or raw[1] != 1 or int.from_bytes(raw[4:8], "little") == 0:
+                return None
+            return int.from_bytes(raw[8:12], "little", signed=True) * 1_000_000_000 + int.from_bytes(raw[12:16], "little")
+        return self._stamp(msg.header)
+
+    def _on_output(self, topic: str, msg: Any) -> None:
+        now = time.time_ns()
+        with self.lock:
+            if topic == "grasps/mano":
+                # Float32MultiArray has no header: kept in arrival order, matched to a round later.
+                self.mano.append(np.asarray(msg.data, dtype=np.float32).reshape(-1, 61))
+                return
+            stamp = self._stamp_of(topic, msg)
+            if stamp is None:
+                return
+            r = self.rounds.setdefault(stamp, _Round(stamp))
+            r.received_ns[topic] = now
+            if topic == "grasps/keypoints":
+                r.keypoints = np.array([[p.position.x, p.position.y, p.position.z] for p in msg.poses],
+                                       dtype=np.float32).reshape(-1, 21, 3)
+
+    def _on_diagnostics(self, msg: Any) -> None:
+        with self.lock:
+            for status in msg.status:
+                if "grasp" in status.name:
+                    self.diagnostics = {kv.key: kv.value for kv in status.values}
+
+    def complete(self) -> list[_Round]:
+        """Rounds with every stamped output and their camera cloud, oldest first."""
+        with self.lock:
+            return sorted((r for r in self.rounds.values()
+                           if all(t in r.received_ns for t in STAMPED_TOPICS) and r.stamp_ns in self.clouds),
+                          key=lambda r: r.stamp_ns)
+
+
+def _spawn(module: str, ros_args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    fh = open(log, "w")
+    return subprocess.Popen([sys.executable, "-m", module, "--ros-args", *ros_args], stdout=fh,
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import rclpy
+    from rclpy.executors import MultiThreadedExecutor
+
+    from dvqvae_model.hand.hand_model import load_hand_model
+    from dvqvae_model.sim.sample_objects import load_object
+    from dvqvae_ros.fake_camera_node import FakeDepthCamera
+
+    t_start = time.monotonic()
+    model_dir = resolve_model(args.model)
+    out = Path(args.out)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    env.setdefault("ROS_DOMAIN_ID", str(args.domain_id))
+    # Hand-mesh markers are ~1 MB: over Fast DDS's default UDP a lost fragment stalls the reliable
+    # topics for a heartbeat period; LARGE_DATA moves big samples to shared memory / TCP.
+    env.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
+    os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID",
+                                           "FASTDDS_BUILTIN_TRANSPORTS")})
+    camera_args = ["-p", f"object:={args.object}", "-p", f"rate_hz:={args.rate}", "-p", f"distance:={args.distance}",
+                   "-p", f"seed:={args.seed}"]
+    node_args = ["-p", f"model:={model_dir}", "-p", f"hand_model:={args.hand}", "-p", f"num_grasps:={args.num_grasps}",
+                 "-p", f"seed:={args.seed}", "-p", "max_rate_hz:=0.0", "-p", "qos:=reliable"]
+    print(f"demo: fake_depth_camera ({args.object}, {args.rate:g} Hz) -> grasp_generator ({model_dir.name}, "
+          f"{args.num_grasps} grasps) over DDS, ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}")
+    procs = [_spawn("dvqvae_ros.grasp_node", node_args, out / "logs" / "grasp_generator.log", env),
+             _spawn("dvqvae_ros.fake_camera_node", camera_args, out / "logs" / "fake_depth_camera.log", env)]
+    rclpy.init(args=[])
+    node = rclpy.create_node("dvqvae_demo_listener")
+    listener = _Listener(node)
+    executor = MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
+    deadline = time.monotonic() + args.timeout
+    try:
+        while time.monotonic() < deadline and len(listener.complete()) < args.rounds:
+            executor.spin_once(timeout_sec=0.1)
+            for p in procs:
+                if p.poll() is not None:
+                    raise SystemExit(f"error: a demo process exited early (code {p.returncode}); see {out}/logs/")
+        # A little longer for the 1 Hz diagnostics.
+        t_diag = time.monotonic() + 1.5
+        while time.monotonic() < t_diag:
+            executor.spin_once(timeout_sec=0.1)
+    finally:
+        for p in procs:
+            _stop(p)
+        executor.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    rounds = listener.complete()
+    if not rounds:
+        print(f"error: no grasps arrived within {args.timeout:g} s; see {out}/logs/", file=sys.stderr)
+        return 1
+
+    # Rebuild the hands from the last published MANO parameters (what a subscriber would do) and
+    # find the cloud they belong to: the round whose published keypoints they reproduce.
+    hand = load_hand_model(args.hand)
+    import torch
+
+    if not listener.mano:
+        print("error: no grasps/mano message arrived", file=sys.stderr)
+        return 1
+    candidates = [r for r in rounds if r.keypoints is not None]
+    best: Optional[tuple[float, np.ndarray, _Round, Any]] = None
+    for mano in listener.mano[-len(candidates) - 2:]:  # the newest arrays; each belongs to one round
+        with torch.no_grad():
+            ho = hand.from_params(torch.from_numpy(mano))
+        for r in candidates:
+            if r.keypoints.shape == ho.keypoints.shape:
+                err = float(np.abs(ho.keypoints.numpy() - r.keypoints).max())
+                if best is None or err < best[0] or (err == best[0] and r.stamp_ns > best[2].stamp_ns):
+                    best = (err, mano, r, ho)
+    if best is None:
+        print("error: no keypoints matching a MANO message arrived", file=sys.stderr)
+        return 1
+    kp_err, mano, last, ho = best
+    vertices = ho.vertices.numpy()
+    cloud = listener.clouds[last.stamp_ns]
+    scores = np.arange(len(vertices), 0, -1, dtype=np.float32)  # rank only: the topics carry order, not scores
+    paths = write_grasp_files(out, vertices=vertices, mano=mano, keypoints=ho.keypoints.numpy(), scores=scores,
+                              hand=hand, object_points=cloud,
+                              title=f"demo: {args.object}, {len(vertices)} grasps from the ROS topics")
+    # Quality against the true object, posed in the camera frame exactly as the fake camera saw it.
+    from dvqvae_model.sim import depth_camera as dc
+
+    mesh = load_object(args.object)
+    cam = FakeDepthCamera(mesh, distance=args.distance, azimuth_deg=30.0, elevation_deg=35.0,
+                          intrinsics=dc.CameraIntrinsics(), noise=0.0, table=False)
+    mesh_cam = mesh.copy()
+    mesh_cam.apply_transform(np.linalg.inv(cam.cam_to_world))
+    quality = quick_quality(vertices, hand, mesh_cam) if mesh_cam.is_watertight else {}
+
+    light = np.array([(max(r.received_ns[t] for t in LIGHT_TOPICS) - r.stamp_ns) / 1e6 for r in rounds])
+    full = np.array([(r.received_ns["grasps/markers"] - r.stamp_ns) / 1e6 for r in rounds])
+    d = listener.diagnostics
+    rows = [
+        ("clouds -> grasp sets", f"{len(rounds)} complete rounds (every output topic), {len(listener.mano)} MANO arrays"),
+        ("end-to-end latency", f"p50 {np.percentile(light, 50):.0f} ms, p95 {np.percentile(light, 95):.0f} ms"
+                               " (cloud stamp -> wrist poses, keypoints, joint states received)"),
+        ("  with hand-mesh markers", f"p50 {np.percentile(full, 50):.0f} ms, p95 {np.percentile(full, 95):.0f} ms"
+                                     " (~1 MB MarkerArray)"),
+        ("node latency (diagnostics)", f"p50 {d.get('latency_p50_ms', '?')} ms, p95 {d.get('latency_p95_ms', '?')} ms"),
+        ("model inference (diagnostics)", f"p50 {d.get('inference_p50_ms', '?')} ms, backend {d.get('backend', '?')}"),
+        ("grasps per cloud", f"{len(vertices)} (published MANO reproduces published keypoints to {kp_err * 1000:.3f} mm)"),
+        ("object cloud", f"{len(cloud)} points in the camera frame"),
+    ]
+    if quality:
+        rows += [("contact ratio", f"{100 * quality['contact_ratio']:.0f} %"),
+                 ("penetration volume", f"{quality['penetration_cm3']:.2f} cm^3 (mean, 2 mm grid)"),
+                 ("simulation displacement", f"{quality.get('displacement_cm', float('nan')):.2f} cm (mean)"),
+                 ("quality index Q", f"{quality.get('quality_index', float('nan')):.2f} (lower is better)")]
+    rows.append(("wall time", f"{time.monotonic() - t_start:.1f} s"))
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"  {k:<{width}}  {v}" for k, v in rows))
+    print(f"files in {out}/: grasps.npz, grasp_XX.ply, object_points.ply, viewer.html, grasps.png, logs/")
+    for key in ("png", "html"):
+        print(f"  {key:5s} {paths[key]}")
+    return 0

@@ -1,0 +1,153 @@
+"""``dvqvae-train``: train DVQ-VAE, its prior, both, or the GraspCVAE baseline.
+
+    dvqvae-train all    --data data/grasps --out out/compact --max-minutes 600 --resume
+    dvqvae-train dvqvae --data data/grasps --out out/compact --epochs 200
+    dvqvae-train prior  --data data/grasps --out out/compact [--model out/compact/dvqvae/checkpoint]
+    dvqvae-train cvae   --data data/grasps --out out/compact
+
+Rerunning the same command with ``--resume`` continues a stopped run exactly where its last saved
+state left it. Exit status: 0 finished, 75 stopped early but resumable (time budget, --max-steps,
+SIGINT/SIGTERM), 2 bad arguments, 1 other errors.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Optional, Sequence
+
+from dvqvae_model.nets.config import DEFAULT_PRESET, PRESETS
+from dvqvae_model.nets.dvqvae import VARIANTS
+from dvqvae_training.train import (
+    EXIT_RESUMABLE,
+    PriorTrainConfig,
+    TrainConfig,
+    TrainResult,
+    train_all,
+    train_cvae,
+    train_dvqvae,
+    train_prior,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dvqvae-train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="Exit status: 0 finished, 75 stopped early (resume with --resume).")
+    p.add_argument("stage", choices=("dvqvae", "prior", "cvae", "all"))
+    p.add_argument("--data", required=True, help="dataset directory (dvqvae-data output)")
+    p.add_argument("--out", default="out/train", help="run directory (states, logs, checkpoints)")
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS)
+    p.add_argument("--variant", default="full", choices=VARIANTS, help="DVQ-VAE ablation variant")
+    p.add_argument("--position-sees-codes", action="store_true",
+                   help="feed the hand codes to the position decoder too (see DVQVAEConfig.position_sees_codes)")
+    p.add_argument("--hand", default="standin", help="'standin' or a MANO_RIGHT.pkl path")
+    p.add_argument("--num-points", type=int, default=0, help="object points per sample (0 = preset)")
+    p.add_argument("--epochs", type=int, default=None, help="DVQ-VAE / CVAE epochs (default 200)")
+    p.add_argument("--batch-size", type=int, default=None, help="DVQ-VAE / CVAE batch (default 32)")
+    p.add_argument("--lr", type=float, default=None, help="DVQ-VAE / CVAE learning rate (default 1e-4)")
+    p.add_argument("--contact-scale", type=float, default=None,
+                   help="DVQ-VAE / CVAE: factor on the contact-term weights lambda_m, lambda_c, lambda_p "
+                        "(default 1.0 = the paper's)")
+    p.add_argument("--contact-warmup", type=float, default=None,
+                   help="DVQ-VAE / CVAE: fraction of the steps over which the contact terms ramp linearly "
+                        "from 0 to --contact-scale (default 0.3; 0 = full weight from the start)")
+    p.add_argument("--prior-epochs", type=int, default=None, help="prior epochs (default 100)")
+    p.add_argument("--prior-batch-size", type=int, default=None, help="prior batch (default 256)")
+    p.add_argument("--prior-lr", type=float, default=None, help="prior learning rate (default 3e-4)")
+    p.add_argument("--token-views", type=int, default=None, help="augmented passes cached for the prior (default 4)")
+    p.add_argument("--model", default=None, help="prior stage: DVQ-VAE checkpoint (default OUT/dvqvae/checkpoint)")
+    p.add_argument("--grad-clip", type=float, default=None)
+    p.add_argument("--no-rotate", action="store_true", help="no SO(3) augmentation")
+    p.add_argument("--partial-prob", type=float, default=0.0, help="share of single-view partial clouds")
+    p.add_argument("--depth-noise", type=float, default=0.0, help="depth noise std (m)")
+    p.add_argument("--max-displacement-cm", type=float, default=0.0,
+                   help="train only on grasps whose simulated displacement is at most this (0 = all)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out objects when the data has no val split")
+    p.add_argument("--val-max-batches", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
+    p.add_argument("--save-every", type=int, default=None, help="save a training state every N steps")
+    p.add_argument("--log-every", type=int, default=None, help="log a step record every N steps")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop cleanly (resumable) after this wall time")
+    p.add_argument("--max-steps", type=int, default=0, help="stop cleanly after this many steps per stage")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --out (starts fresh if none)")
+    p.add_argument("--progress", dest="progress", action="store_true", default=None, help="force progress bars")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    return p
+
+
+def configs(args: argparse.Namespace) -> tuple[TrainConfig, PriorTrainConfig]:
+    """The two stage configs from the command line (unset options keep the config defaults)."""
+    progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
+    common = dict(data_dir=args.data, out_dir=args.out, preset=args.preset, variant=args.variant, hand=args.hand,
+                  position_sees_codes=args.position_sees_codes,
+                  num_points=args.num_points, rotate=not args.no_rotate, partial_prob=args.partial_prob,
+                  depth_noise=args.depth_noise, max_displacement_cm=args.max_displacement_cm,
+                  val_fraction=args.val_fraction, val_max_batches=args.val_max_batches, seed=args.seed,
+                  device=args.device, num_threads=args.num_threads, num_workers=args.workers,
+                  max_minutes=args.max_minutes, max_steps=args.max_steps, resume=args.resume, progress=progress)
+    if args.grad_clip is not None:
+        common["grad_clip"] = args.grad_clip
+    if args.save_every is not None:
+        common["save_every_steps"] = args.save_every
+    if args.log_every is not None:
+        common["log_every_steps"] = args.log_every
+
+    def pick(**kw: Optional[object]) -> dict[str, object]:
+        return {k: v for k, v in kw.items() if v is not None}
+
+    main_cfg = TrainConfig(**common, **pick(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                            contact_scale=args.contact_scale, contact_warmup=args.contact_warmup))
+    prior_cfg = PriorTrainConfig(**common, **pick(epochs=args.prior_epochs, batch_size=args.prior_batch_size,
+                                                  lr=args.prior_lr, token_views=args.token_views))
+    return main_cfg, prior_cfg
+
+
+def _report(r: TrainResult) -> dict[str, object]:
+    keys = ("loss", "vertex_err_mm", "contact_ratio", "pen_depth_mm", "nll", "accuracy", "perplexity")
+    return {"stage": r.stage, "finished": r.finished, "stop_reason": r.stop_reason, "epoch": r.epoch, "step": r.step,
+            "checkpoint": str(r.checkpoint) if r.checkpoint else None, "state": str(r.state_dir),
+            "log": str(r.log_path), "elapsed_s": round(r.elapsed_seconds, 1),
+            "val": {k: round(v, 4) for k, v in r.metrics.items() if k in keys}}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        main_cfg, prior_cfg = configs(args)
+    except ValueError as e:
+        print(f"dvqvae-train: {e}", file=sys.stderr)
+        return 2
+    if args.num_threads > 0:
+        import torch
+
+        torch.set_num_threads(args.num_threads)
+    deadline = time.monotonic() + 60.0 * args.max_minutes if args.max_minutes > 0 else None
+    try:
+        if args.stage == "dvqvae":
+            results = [train_dvqvae(main_cfg, deadline=deadline)]
+        elif args.stage == "cvae":
+            results = [train_cvae(main_cfg, deadline=deadline)]
+        elif args.stage == "prior":
+            results = [train_prior(prior_cfg, model_checkpoint=args.model, deadline=deadline)]
+        else:
+            results = train_all(main_cfg, prior_cfg, deadline=deadline)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"dvqvae-train: {e}", file=sys.stderr)
+        return 2
+    for r in results:
+        print(json.dumps(_report(r)))
+    done = all(r.finished for r in results) and (args.stage != "all" or len(results) == 2)
+    if not done:
+        print(f"dvqvae-train: stopped early ({results[-1].stop_reason}); rerun with --resume to continue",
+              file=sys.stderr)
+        return EXIT_RESUMABLE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
