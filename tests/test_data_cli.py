@@ -181,3 +181,37 @@ def test_rasterize_depth_order():
     img = visualize.rasterize([(far, f, (0, 0, 1)), (near, f, (1, 0, 0))], R, np.zeros(3), 1.0, size=64)
     c = img[32, 40]
     assert c[0] > c[2]
+
+
+def test_synth_labels_each_grasp_and_stats_shows_the_confusion(reference, capsys):
+    from dvqvae_training.synthesis.grasp_labels import GRASP_LABELS
+
+    r = DatasetReader(reference)
+    assert r.grasp_labels == list(GRASP_LABELS)
+    for oid in r.object_ids():
+        o = r.object(oid)
+        assert len(o["grasp_label"]) == len(o["params"]) and (o["grasp_label"] >= 0).all()
+    assert data_cli.main(["stats", str(reference)]) == 0
+    text = capsys.readouterr().out
+    assert "final-grasp labels (columns) by pre-shape (rows)" in text and "agree for" in text
+
+
+def test_large_objects_redoes_objects_made_by_another_version(tmp_path, reference, cache):
+    """--large-objects redoes the selection's large or grasp-less objects with its own settings,
+    keeps both versions on record, and a second run redoes nothing."""
+    import shutil
+
+    out = tmp_path / "ds"
+    shutil.copytree(reference, out)
+    before = _content(out)
+    args = ["synth", str(out), *SYNTH_ARGS[:-5], "--config", '{"cull_at": 0.0, "large_extent": 0.0}',
+            "--objects-per-shard", "1", "--no-progress", "--cache-dir", cache, "--large-objects"]  # fmt: skip
+    assert _run_main(args) == 0
+    r = DatasetReader(out, verify="full")
+    assert len(r.manifest["generator_versions"]) == 2
+    assert sorted(r.object_ids()) == sorted(before)
+    for oid in r.object_ids():
+        assert json.loads(r.object(oid)["source"])["synth"]["generator_version"] == r.manifest["generator_versions"][1]
+    redone = _content(out)
+    assert _run_main(args) == 0  # nothing left to redo: same content
+    _same(redone, _content(out))

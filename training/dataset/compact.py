@@ -242,6 +242,9 @@ def unpack(
         extra=ds.get("extra", {}),
         grasp_labels=ds.get("grasp_labels"),
     )
+    if ds.get("generator_versions") and writer.manifest.get("generator_versions") != ds["generator_versions"]:
+        writer.manifest["generator_versions"] = list(ds["generator_versions"])  # objects redone by other versions
+        writer._write_manifest()
     n = len(a["object_id"]) if limit is None else min(int(limit), len(a["object_id"]))
     rows_of = np.argsort(a["grasp_object"], kind="stable")
     starts = np.searchsorted(a["grasp_object"][rows_of], np.arange(n + 1))

@@ -173,7 +173,7 @@ def run_job(job: ObjectJob, seed: int, num_points: int = DEFAULT_POINTS) -> dict
 # =============================================================================== synth
 
 
-def _writer(out: Path, cfg: Any, hand: Any, num_points: int, objects_per_shard: int) -> Any:
+def _writer(out: Path, cfg: Any, hand: Any, num_points: int, objects_per_shard: int, mixed_versions: bool = False) -> Any:
     from dvqvae_training.dataset.dataset_format import DatasetWriter
     from dvqvae_training.synthesis.grasp_labels import GRASP_LABELS
     from dvqvae_training.synthesis.grasp_types import GRASP_TYPE_NAMES, type_table
@@ -189,7 +189,33 @@ def _writer(out: Path, cfg: Any, hand: Any, num_points: int, objects_per_shard: 
         objects_per_shard=objects_per_shard,
         extra={"synth_config": cfg.to_dict(), "grasp_type_table": type_table()},
         grasp_labels=GRASP_LABELS,
+        mixed_versions=mixed_versions,
     )
+
+
+def objects_to_redo(writer: Any, object_ids: set[str], large_extent: float) -> list[str]:
+    """Objects of ``object_ids`` in the dataset that another generator version made and that are
+    large (largest extent >= ``large_extent``) or got no grasps: what ``--large-objects`` redoes."""
+    from dvqvae_training.dataset.dataset_format import load_npz
+
+    base = writer.manifest["generator_version"]
+    out = []
+    for entry in writer.manifest["shards"]:
+        if not object_ids & set(entry["object_ids"]):
+            continue
+        d = load_npz(writer.root / entry["file"])
+        counts = np.bincount(d["grasp_object"], minlength=len(d["object_id"]))
+        extent = (d["object_points"].max(1) - d["object_points"].min(1)).max(1)
+        for o, oid in enumerate(map(str, d["object_id"])):
+            if oid not in object_ids:
+                continue
+            try:
+                version = json.loads(str(d["object_source"][o])).get("synth", {}).get("generator_version", base)
+            except json.JSONDecodeError:
+                version = base
+            if version != writer.generator_version and (extent[o] >= large_extent or counts[o] == 0):
+                out.append(oid)
+    return out
 
 
 def synth(
@@ -206,8 +232,14 @@ def synth(
     target_grasps: int = 0,
     progress: bool = True,
     log: Any = None,
+    redo_large: bool = False,
 ) -> dict[str, Any]:
-    """Synthesise grasps for ``jobs`` into the dataset at ``out`` (resumable; see module doc)."""
+    """Synthesise grasps for ``jobs`` into the dataset at ``out`` (resumable; see module doc).
+
+    ``redo_large``: objects of ``jobs`` already in the dataset that another generator version
+    made and that are large or got no grasps are dropped and synthesised again with ``config``
+    (resumable too: an object redone with this version is not redone again).
+    """
     import multiprocessing as mp
 
     from tqdm import tqdm
@@ -218,9 +250,14 @@ def synth(
     hand = load_hand_model(hand_spec)
     stats = {"objects": 0, "grasps": 0, "candidates": 0, "failed": [], "rejected": {}, "seconds": 0.0}
     t_start = time.perf_counter()
-    with _writer(Path(out), config, hand, num_points, objects_per_shard) as writer:
+    with _writer(Path(out), config, hand, num_points, objects_per_shard, mixed_versions=redo_large) as writer:
         for msg in writer.recovered:
             print(f"resume: {msg}", file=log)
+        if redo_large:
+            redo = objects_to_redo(writer, {j.object_id for j in jobs}, config.large_extent)
+            if redo:
+                print(f"redo: {len(redo)} large or grasp-less objects made by another version", file=log)
+                writer.drop_objects(redo)
         done_grasps = sum(int(s["num_grasps"]) for s in writer.manifest["shards"])
         todo = [j for j in jobs if not writer.has_object(j.object_id)]
         skipped = len(jobs) - len(todo)
@@ -238,8 +275,9 @@ def synth(
             if "error" in r:
                 stats["failed"].append({"object_id": job.object_id, "error": r["error"]})
                 return False
+            source = dict(r["source"], synth={**r["source"].get("synth", {}), "generator_version": writer.generator_version})
             writer.add_object(
-                job.object_id, r["points"], r["normals"], r["source"], r["params"], r["types"], r["metrics"], split=job.split,
+                job.object_id, r["points"], r["normals"], source, r["params"], r["types"], r["metrics"], split=job.split,
                 labels=r["labels"],
             )
             s = r["summary"]
@@ -607,6 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
     ps.add_argument("--max-grasps", type=int, default=d.max_grasps_per_object, help="accepted grasps per object at most")
     ps.add_argument("--types", default=",".join(d.types), help="grasp types to use")
     ps.add_argument("--robustness", action="store_true", help="also simulate gravity along the six axes (recorded)")
+    ps.add_argument(
+        "--large-objects", action="store_true",
+        help="the large-object settings (grasp across thin parts, 2x hands on objects >= 15 cm); objects of the "
+             "selection that another version made and that are large or got no grasps are redone",
+    )  # fmt: skip
     ps.add_argument("--config", default=None, help="JSON object of further SynthConfig fields")
     ps.add_argument("--target-grasps", type=int, default=0, help="stop once the dataset holds this many grasps (0: all objects)")
     ps.add_argument("--points", type=int, default=DEFAULT_POINTS, help="object surface points stored per object")
@@ -674,9 +717,10 @@ def _cmd_synth(a: argparse.Namespace) -> int:
     from dvqvae_training.synthesis.synthesizer import SynthConfig
 
     extra = json.loads(a.config) if a.config else {}
+    base = SynthConfig.large_objects() if a.large_objects else SynthConfig()
     cfg = SynthConfig.from_dict(
         {
-            **SynthConfig().to_dict(),
+            **base.to_dict(),
             "hands_per_object": a.hands,
             "steps": a.steps,
             "max_grasps_per_object": a.max_grasps,
@@ -696,7 +740,7 @@ def _cmd_synth(a: argparse.Namespace) -> int:
         st = synth(
             a.out, jobs, cfg, seed=a.seed, workers=a.workers, hand_spec=a.hand, cache_dir=a.cache_dir,
             num_points=a.points, objects_per_shard=a.objects_per_shard, target_grasps=a.target_grasps,
-            progress=not a.no_progress,
+            progress=not a.no_progress, redo_large=a.large_objects,
         )  # fmt: skip
     except KeyboardInterrupt:
         print("interrupted: committed objects are kept; run the same command again to resume", file=sys.stderr)

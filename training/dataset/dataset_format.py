@@ -189,8 +189,13 @@ class DatasetWriter:
         drop_corrupt: bool = False,
         extra: Mapping[str, Any] | None = None,
         grasp_labels: Sequence[str] | None = None,
+        mixed_versions: bool = False,
     ):
+        """``mixed_versions``: add objects made by a different generator version than the
+        dataset's (e.g. objects redone with other synthesizer settings); every version used is
+        listed in the manifest's ``generator_versions``."""
         self.root = Path(root)
+        self.generator_version = str(generator_version)
         self.shard_dir = self.root / SHARD_DIR
         self.objects_per_shard = int(objects_per_shard)
         self.grasps_per_shard = int(grasps_per_shard)
@@ -208,6 +213,8 @@ class DatasetWriter:
         if (self.root / MANIFEST).exists():
             self.manifest = _read_manifest(self.root)
             for key, value in settings.items():
+                if key == "generator_version" and mixed_versions:
+                    continue
                 if self.manifest.get(key) != value:
                     raise DatasetError(
                         f"{self.root}: cannot resume, {key} differs (dataset {self.manifest.get(key)!r}, writer {value!r})"
@@ -224,6 +231,10 @@ class DatasetWriter:
                 "objects": {},
             }
             self._cleanup_uncommitted()
+            self._write_manifest()
+        versions = list(self.manifest.get("generator_versions") or [self.manifest["generator_version"]])
+        if self.generator_version not in versions:
+            self.manifest["generator_versions"] = versions + [self.generator_version]
             self._write_manifest()
         if grasp_labels is not None:  # a later setting: resuming an unlabelled dataset may add it
             have = self.manifest.get("grasp_labels")
@@ -284,6 +295,52 @@ class DatasetWriter:
     @property
     def done_object_ids(self) -> set[str]:
         return set(self.manifest["objects"]) | set(self._buffer_ids)
+
+    def drop_objects(self, object_ids: Iterable[str]) -> int:
+        """Remove committed objects and their grasps (to redo them); returns how many.
+
+        Each affected shard is rewritten without them as a new shard file, committed by the
+        manifest, then the old file is deleted: a crash leaves either the old or the new shard
+        listed (an unlisted file is removed on resume), never a half-dropped object.
+        """
+        drop = {str(o) for o in object_ids} & set(self.manifest["objects"])
+        if not drop:
+            return 0
+        self.flush()
+        for entry in [s for s in self.manifest["shards"] if drop & set(s["object_ids"])]:
+            d = load_npz(self.root / entry["file"])
+            keep = np.array([str(o) not in drop for o in d["object_id"]])
+            gkeep = keep[d["grasp_object"]]
+            remap = np.cumsum(keep) - 1
+            self.manifest["shards"].remove(entry)
+            for oid in entry["object_ids"]:
+                if oid in drop:
+                    self.manifest["objects"].pop(oid, None)
+            if keep.any():
+                arrays = {k: (v[keep] if k.startswith("object_") else v[gkeep]) for k, v in d.items()}
+                arrays["grasp_object"] = remap[d["grasp_object"][gkeep]].astype(np.int32)
+                data = _npz_bytes(arrays)
+                index = 1 + max(
+                    [int(_SHARD_RE.match(Path(s["file"]).name).group(1)) for s in self.manifest["shards"]]
+                    + [int(_SHARD_RE.match(Path(entry["file"]).name).group(1))]
+                )
+                rel = f"{SHARD_DIR}/shard-{index:06d}.npz"
+                atomic_write_bytes(self.root / rel, data)
+                ids = [str(o) for o in arrays["object_id"]]
+                splits: dict[str, list[int]] = {}
+                for o, sp in enumerate(arrays["object_split"]):
+                    c = splits.setdefault(str(sp), [0, 0])
+                    c[0] += 1
+                    c[1] += int((arrays["grasp_object"] == o).sum())
+                self.manifest["shards"].append(
+                    {"file": rel, "sha256": _sha256(data), "bytes": len(data), "num_objects": len(ids),
+                     "num_grasps": int(len(arrays["grasp_params"])), "splits": splits, "object_ids": ids}
+                )  # fmt: skip
+                for oid in ids:
+                    self.manifest["objects"][oid]["shard"] = rel
+            self._write_manifest()  # the commit point
+            (self.root / entry["file"]).unlink(missing_ok=True)
+        return len(drop)
 
     def split_of(self, object_id: str) -> str:
         return assign_split(object_id, self.manifest["split_ratios"], self.manifest["split_salt"])
