@@ -59,6 +59,7 @@ setup(
             # install the same names land on PATH and take `--ros-args`).
             "grasp_generator = dvqvae_ros.grasp_node:main",
             "fake_depth_camera = dvqvae_ros.fake_camera_node:main",
+            "object_segmenter = dvqvae_ros.segmenter_node:main",
         ],
     },
 )

@@ -1,14 +1,22 @@
-"""ROS 2 node ``fake_depth_camera``: a simulated depth camera looking at one object.
+"""ROS 2 node ``fake_depth_camera``: a simulated depth camera looking at objects on a table.
 
 Lets the whole pipeline run without hardware: it ray-casts a mesh (a bundled
-sample object by name, or any mesh file) with ``dvqvae_model.sim.depth_camera`` at a
-RealSense-like resolution and field of view, optionally standing on a table top,
-adds depth noise (fresh noise every frame), segments the object from the table
-and publishes the object's points as a float32 xyz PointCloud2 on ``points`` in
-the camera's optical frame (z forward, x right, y down; ``frame_id`` parameter).
+sample object by name, or any mesh file), optionally standing on a table top
+with ``extra_objects`` more sample objects around it (``dvqvae_model.sim.tabletop``),
+at a RealSense-like resolution and field of view, adds depth noise (fresh noise
+every frame) and publishes, all with one header stamp, in the camera's optical
+frame (z forward, x right, y down; ``frame_id`` parameter):
+
+* ``points``: the aimed-at object's points, segmented with the simulator's
+  ground truth (``publish_segmented``), float32 xyz PointCloud2;
+* what a real depth camera publishes (``publish_scene``): ``depth/image``
+  (16UC1 millimetres or 32FC1 metres), ``depth/camera_info``, ``depth/points``
+  (organized scene cloud, NaN = no return), and ``ground_truth/mask`` (mono8,
+  255 on the aimed-at object's pixels: the segmenter's reference, or a stand-in
+  for an instance-segmentation node's mask).
 
 The scene is static, so the noise-free depth image is rendered once; every
-frame only adds noise, back-projects and segments (a few ms at 640 x 480).
+frame only adds noise and back-projects.
 Parameters: ``dvqvae_ros.parameters.FakeCameraParameters``.
 """
 from __future__ import annotations
@@ -23,16 +31,18 @@ import trimesh
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import PointCloud2
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
 from dvqvae_model.sim import depth_camera as dc
+from dvqvae_model.sim.tabletop import TabletopCamera, make_tabletop_scene
+from dvqvae_ros.images import camera_info_message, depth_image_message, mask_image_message
 from dvqvae_ros.parameters import FakeCameraParameters, ParameterError, declare_parameters, read_parameters
 from dvqvae_ros.spin import spin_until_shutdown
 from dvqvae_ros.point_cloud import create_cloud_xyz32
-from dvqvae_model.sim.sample_objects import load_object
+from dvqvae_model.sim.sample_objects import SAMPLE_OBJECTS, load_object, sample_object
 
-__all__ = ["FakeDepthCamera", "FakeDepthCameraNode", "main"]
+__all__ = ["FakeDepthCamera", "FakeDepthCameraNode", "make_camera", "main"]
 
 NODE_NAME = "fake_depth_camera"
 TABLE_SIZE = 0.8  # metres, square table top
@@ -80,8 +90,29 @@ class FakeDepthCamera:
         return points[height > SEGMENT_MARGIN + 3.0 * sigma]
 
 
+def make_camera(mesh: trimesh.Trimesh, *, distance: float, azimuth_deg: float, elevation_deg: float,
+                intrinsics: dc.CameraIntrinsics, table: bool = True, extra_objects: int = 0,
+                seed: int = 0) -> TabletopCamera:
+    """The node's scene: ``mesh`` unrotated at the table centre (the camera aims at its centre, as
+    ``FakeDepthCamera``), plus ``extra_objects`` random sample objects >= 3 cm away from it."""
+    centre = np.asarray(mesh.bounds, dtype=np.float64).mean(axis=0)
+    reach = float(np.linalg.norm(np.asarray(mesh.vertices) - centre, axis=1).max())
+    if distance <= reach:
+        raise ValueError(f"distance {distance:g} m puts the camera inside the object (radius {reach:.3g} m)")
+    if table and elevation_deg <= 0:
+        raise ValueError(f"elevation_deg {elevation_deg:g} looks at the object from below the table; "
+                         "use elevation_deg > 0 or table:=false")
+    rng = np.random.default_rng(seed)
+    names = sorted(SAMPLE_OBJECTS)
+    extras = [sample_object(names[int(i)]) for i in rng.integers(0, len(names), extra_objects)]
+    scene = make_tabletop_scene([mesh, *extras], rng, intrinsics=intrinsics, distance=distance,
+                                elevation_deg=elevation_deg, azimuth_deg=azimuth_deg, roll_deg=0.0,
+                                table_size=TABLE_SIZE, table=table, first_fixed=True)
+    return TabletopCamera(scene)
+
+
 class FakeDepthCameraNode(Node):
-    """Publishes ``points`` (PointCloud2) at ``rate_hz`` from a ``FakeDepthCamera``."""
+    """Publishes ``points`` and the scene topics at ``rate_hz`` from a ``TabletopCamera``."""
 
     def __init__(self, *, node_name: str = NODE_NAME, **node_kwargs: Any) -> None:
         super().__init__(node_name, **node_kwargs)
@@ -92,9 +123,9 @@ class FakeDepthCameraNode(Node):
             try:
                 mesh = load_object(p.object)
                 intrinsics = dc.CameraIntrinsics.from_fov(p.width, p.height, p.fov_deg)
-                self.camera = FakeDepthCamera(mesh, distance=p.distance, azimuth_deg=p.azimuth_deg,
-                                              elevation_deg=p.elevation_deg, intrinsics=intrinsics,
-                                              noise=p.noise, table=p.table)
+                self.camera = make_camera(mesh, distance=p.distance, azimuth_deg=p.azimuth_deg,
+                                          elevation_deg=p.elevation_deg, intrinsics=intrinsics, table=p.table,
+                                          extra_objects=p.extra_objects, seed=p.seed)
             except ValueError as exc:
                 raise ParameterError(f"invalid parameters for node '{self.get_name()}': {exc}") from exc
         except BaseException:
@@ -103,21 +134,38 @@ class FakeDepthCameraNode(Node):
         self._rng = np.random.default_rng(p.seed)
         self.frames = 0
         qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        self._pub = self.create_publisher(PointCloud2, "points", qos)
+        self._pub = self.create_publisher(PointCloud2, "points", qos) if p.publish_segmented else None
+        if p.publish_scene:
+            self._pub_depth = self.create_publisher(Image, "depth/image", qos)
+            self._pub_info = self.create_publisher(CameraInfo, "depth/camera_info", qos)
+            self._pub_scene = self.create_publisher(PointCloud2, "depth/points", qos)
+            self._pub_truth = self.create_publisher(Image, "ground_truth/mask", qos)
         self._timer = self.create_timer(1.0 / p.rate_hz, self._tick)
         hfov, vfov = intrinsics.fov_deg
         self.get_logger().info(
             f"rendering {p.object!r} at {p.distance:g} m (azimuth {p.azimuth_deg:g}, elevation {p.elevation_deg:g} "
-            f"deg), {p.width}x{p.height} px, {hfov:.1f}x{vfov:.1f} deg FOV, publishing {self._pub.topic_name} "
+            f"deg) with {p.extra_objects} more object(s), {p.width}x{p.height} px, {hfov:.1f}x{vfov:.1f} deg FOV, "
+            f"publishing {'points, ' if p.publish_segmented else ''}"
+            f"{'depth/image, depth/camera_info, depth/points, ground_truth/mask ' if p.publish_scene else ''}"
             f"in {p.frame_id!r} at {p.rate_hz:g} Hz")
 
     def _tick(self) -> None:
-        points = self.camera.capture(self._rng)
-        if len(points) == 0:
-            self.get_logger().warning("the object is out of view: nothing to publish", throttle_duration_sec=5.0)
-            return
-        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=self.params.frame_id)
-        self._pub.publish(create_cloud_xyz32(header, points))
+        p = self.params
+        depth, target = self.camera.capture(self._rng, noise=p.noise)
+        header = Header(stamp=self.get_clock().now().to_msg(), frame_id=p.frame_id)
+        if p.publish_scene:
+            self._pub_depth.publish(depth_image_message(header, depth, p.depth_encoding))
+            self._pub_info.publish(camera_info_message(header, self.camera.intrinsics))
+            self._pub_scene.publish(create_cloud_xyz32(header, dc.depth_to_points(depth, self.camera.intrinsics,
+                                                                                     organized=True)))
+            self._pub_truth.publish(mask_image_message(header, target))
+        if self._pub is not None:
+            points = dc.depth_to_points(np.where(target, depth, np.inf), self.camera.intrinsics)
+            if len(points) == 0:
+                self.get_logger().warning("the object is out of view: no points to publish",
+                                          throttle_duration_sec=5.0)
+            else:
+                self._pub.publish(create_cloud_xyz32(header, points))
         self.frames += 1
 
 

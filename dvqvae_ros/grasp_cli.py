@@ -7,9 +7,11 @@
 [K,778,3] float32 metres in the object's frame, ``faces``, ``sealed_faces``, ``mano`` [K,61],
 ``keypoints`` [K,21,3], ``scores``), one PLY per grasp, the object cloud, an HTML viewer and a PNG.
 
-``demo`` starts ``fake_depth_camera`` and ``grasp_generator`` as two processes talking over DDS,
-listens to every output topic from a third, and writes the same files for the last cloud plus a
-table of latency and quick quality numbers.
+``demo`` starts ``fake_depth_camera`` (the object plus ``--extra-objects`` on a table), ``object_segmenter``
+and ``grasp_generator`` as processes talking over DDS (camera depth image -> segmenter -> grasp node;
+``--input`` picks the segmenter's input, ``segmented_cloud`` skips it), listens to every output topic from
+another, and writes the same files for the last cloud plus a table of segmentation quality (IoU against
+the simulator's ground-truth mask), latency and quick grasp quality numbers.
 """
 from __future__ import annotations
 
@@ -71,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--hand", default="standin", help="'standin' or path to MANO_RIGHT.pkl")
     g.add_argument("--no-quality", action="store_true", help="skip the contact/penetration/simulation numbers")
     g.set_defaults(func=cmd_generate)
-    d = sub.add_parser("demo", help="fake depth camera -> grasp node over DDS -> files, picture, latency, quality")
+    d = sub.add_parser("demo", help="fake depth camera -> object segmenter -> grasp node over DDS -> files, "
+                       "picture, segmentation IoU, latency, quality")
     d.add_argument("--object", default="mug")
     d.add_argument("--num-grasps", type=int, default=8)
     d.add_argument("--out", default="demo_out")
@@ -80,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--rounds", type=int, default=6, help="complete grasp sets to collect")
     d.add_argument("--rate", type=float, default=2.0, help="camera rate (Hz)")
     d.add_argument("--distance", type=float, default=0.5)
+    d.add_argument("--extra-objects", type=int, default=2, choices=range(4),
+                   help="more sample objects on the table around --object (the segmenter must pick --object)")
+    d.add_argument("--input", default="depth_image", choices=("depth_image", "scene_cloud", "segmented_cloud"),
+                   help="what the segmenter reads; segmented_cloud: no segmenter, the camera's own segmentation")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--timeout", type=float, default=45.0)
     d.add_argument("--domain-id", type=int, default=42)

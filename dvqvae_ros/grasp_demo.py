@@ -1,6 +1,10 @@
-"""``dvqvae-grasp demo``: fake depth camera -> grasp node over DDS -> files, picture, latency, quality.
+"""``dvqvae-grasp demo``: fake depth camera -> object segmenter -> grasp node over DDS -> files, picture,
+segmentation IoU, latency, quality.
 
-The only ``dvqvae-grasp`` path that imports ROS.
+The camera sees ``--object`` plus ``--extra-objects`` on a table and publishes a depth image;
+``object_segmenter`` cuts the object out (``--input`` picks its input; ``segmented_cloud`` skips it and
+uses the camera's ground-truth segmentation); the IoU against the simulator's ground-truth mask is
+reported beside the grasp numbers. The only ``dvqvae-grasp`` path that imports ROS.
 """
 from __future__ import annotations
 
@@ -47,11 +51,16 @@ class _Listener:
         self.node = node
         self.lock = threading.Lock()
         self.clouds: dict[int, np.ndarray] = {}
+        self.truth: dict[int, np.ndarray] = {}
+        self.segmenter_diagnostics: dict[str, str] = {}
         self.rounds: dict[int, _Round] = {}
         self.mano: list[np.ndarray] = []
         self.diagnostics: dict[str, str] = {}
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         node.create_subscription(PointCloud2, "points", self._on_cloud, reliable)
+        from sensor_msgs.msg import Image
+
+        node.create_subscription(Image, "ground_truth/mask", self._on_truth, reliable)
         types = {"grasps/markers": MarkerArray, "grasps/wrist_poses": PoseArray, "grasps/keypoints": PoseArray,
                  "grasps/mano": Float32MultiArray, "grasps/joint_states": JointState}
         for topic, msg_type in types.items():
@@ -64,6 +73,11 @@ class _Listener:
     @staticmethod
     def _stamp(header: Any) -> int:
         return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+    def _on_truth(self, msg: Any) -> None:
+        mask = np.frombuffer(bytes(msg.data), dtype=np.uint8).reshape(msg.height, msg.step)[:, :msg.width] > 0
+        with self.lock:
+            self.truth[self._stamp(msg.header)] = mask
 
     def _on_cloud(self, msg: Any) -> None:
         from dvqvae_ros.point_cloud import read_xyz
@@ -102,6 +116,8 @@ class _Listener:
             for status in msg.status:
                 if "grasp" in status.name:
                     self.diagnostics = {kv.key: kv.value for kv in status.values}
+                elif "segment" in status.name:
+                    self.segmenter_diagnostics = {kv.key: kv.value for kv in status.values}
 
     def complete(self) -> list[_Round]:
         """Rounds with every stamped output and their camera cloud, oldest first."""
@@ -128,13 +144,33 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=5)
 
 
+def segmentation_ious(clouds: dict[int, np.ndarray], truth: dict[int, np.ndarray], intrinsics: Any) -> np.ndarray:
+    """IoU of each cloud's pixels (projected with ``intrinsics``: exact, the noise is along each ray) with the
+    ground-truth mask of the same stamp."""
+    from dvqvae_model.sim.tabletop import pixel_iou
+
+    out = []
+    for stamp, points in sorted(clouds.items()):
+        mask = truth.get(stamp)
+        if mask is None or len(points) == 0:
+            continue
+        u = np.rint(intrinsics.fx * points[:, 0] / points[:, 2] + intrinsics.cx).astype(int)
+        v = np.rint(intrinsics.fy * points[:, 1] / points[:, 2] + intrinsics.cy).astype(int)
+        ok = (u >= 0) & (u < mask.shape[1]) & (v >= 0) & (v < mask.shape[0])
+        pred = np.zeros_like(mask)
+        pred[v[ok], u[ok]] = True
+        out.append(pixel_iou(pred, mask))
+    return np.asarray(out, dtype=np.float64)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
 
     from dvqvae_model.hand.hand_model import load_hand_model
     from dvqvae_model.sim.sample_objects import load_object
-    from dvqvae_ros.fake_camera_node import FakeDepthCamera
+    from dvqvae_model.sim import depth_camera as dc
+    from dvqvae_ros.fake_camera_node import make_camera
 
     t_start = time.monotonic()
     model_dir = resolve_model(args.model)
@@ -149,13 +185,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID",
                                            "FASTDDS_BUILTIN_TRANSPORTS")})
     camera_args = ["-p", f"object:={args.object}", "-p", f"rate_hz:={args.rate}", "-p", f"distance:={args.distance}",
-                   "-p", f"seed:={args.seed}"]
+                   "-p", f"seed:={args.seed}", "-p", f"extra_objects:={args.extra_objects}"]
+    segmented = args.input == "segmented_cloud"
+    if not segmented:
+        camera_args += ["-p", "publish_segmented:=false"]
+    segmenter_args = ["-p", f"input:={args.input}", "-p", "qos:=reliable"]
     node_args = ["-p", f"model:={model_dir}", "-p", f"hand_model:={args.hand}", "-p", f"num_grasps:={args.num_grasps}",
                  "-p", f"seed:={args.seed}", "-p", "max_rate_hz:=0.0", "-p", "qos:=reliable"]
-    print(f"demo: fake_depth_camera ({args.object}, {args.rate:g} Hz) -> grasp_generator ({model_dir.name}, "
+    print(f"demo: fake_depth_camera ({args.object} + {args.extra_objects} more on a table, {args.rate:g} Hz) -> "
+          f"{'' if segmented else f'object_segmenter ({args.input}) -> '}grasp_generator ({model_dir.name}, "
           f"{args.num_grasps} grasps) over DDS, ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}")
     procs = [_spawn("dvqvae_ros.grasp_node", node_args, out / "logs" / "grasp_generator.log", env),
              _spawn("dvqvae_ros.fake_camera_node", camera_args, out / "logs" / "fake_depth_camera.log", env)]
+    if not segmented:
+        procs.append(_spawn("dvqvae_ros.segmenter_node", segmenter_args, out / "logs" / "object_segmenter.log", env))
     rclpy.init(args=[])
     node = rclpy.create_node("dvqvae_demo_listener")
     listener = _Listener(node)
@@ -212,14 +255,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
                               hand=hand, object_points=cloud,
                               title=f"demo: {args.object}, {len(vertices)} grasps from the ROS topics")
     # Quality against the true object, posed in the camera frame exactly as the fake camera saw it.
-    from dvqvae_model.sim import depth_camera as dc
-
-    mesh = load_object(args.object)
-    cam = FakeDepthCamera(mesh, distance=args.distance, azimuth_deg=30.0, elevation_deg=35.0,
-                          intrinsics=dc.CameraIntrinsics(), noise=0.0, table=False)
-    mesh_cam = mesh.copy()
-    mesh_cam.apply_transform(np.linalg.inv(cam.cam_to_world))
+    intrinsics = dc.CameraIntrinsics.from_fov(640, 480, 79.5)  # the fake camera's defaults
+    cam = make_camera(load_object(args.object), distance=args.distance, azimuth_deg=30.0, elevation_deg=35.0,
+                      intrinsics=intrinsics, extra_objects=args.extra_objects, seed=args.seed)
+    mesh_cam = cam.scene.object_mesh_cam(cam.target)
     quality = quick_quality(vertices, hand, mesh_cam) if mesh_cam.is_watertight else {}
+    ious = segmentation_ious(listener.clouds, listener.truth, intrinsics)
 
     light = np.array([(max(r.received_ns[t] for t in LIGHT_TOPICS) - r.stamp_ns) / 1e6 for r in rounds])
     full = np.array([(r.received_ns["grasps/markers"] - r.stamp_ns) / 1e6 for r in rounds])
@@ -235,6 +276,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         ("grasps per cloud", f"{len(vertices)} (published MANO reproduces published keypoints to {kp_err * 1000:.3f} mm)"),
         ("object cloud", f"{len(cloud)} points in the camera frame"),
     ]
+    if ious.size:
+        rows.insert(0, ("segmentation IoU", f"mean {ious.mean():.3f}, min {ious.min():.3f} over {ious.size} clouds "
+                                            "(object points vs the simulator's ground-truth pixels)"))
+    sd = listener.segmenter_diagnostics
+    if sd:
+        rows.insert(1, ("segmenter (diagnostics)", f"p50 {sd.get('time_p50_ms', '?')} ms per frame, "
+                                                   f"{sd.get('clusters', '?')} clusters, plane found "
+                                                   f"{sd.get('plane_found', '?')}, {sd.get('published', '?')} of "
+                                                   f"{sd.get('frames', '?')} frames published"))
     if quality:
         rows += [("contact ratio", f"{100 * quality['contact_ratio']:.0f} %"),
                  ("penetration volume", f"{quality['penetration_cm3']:.2f} cm^3 (mean, 2 mm grid)"),

@@ -25,6 +25,7 @@ __all__ = [
     "FakeCameraParameters",
     "GraspNodeParameters",
     "ParameterError",
+    "SegmenterParameters",
     "SamplingSettings",
     "check_parameters",
     "check_update",
@@ -36,6 +37,9 @@ __all__ = [
 BACKEND_CHOICES = ("auto", "eager", "torchscript", "onnx", "tensorrt")
 QOS_CHOICES = ("sensor_data", "reliable")
 MODE_CHOICES = ("continuous", "on_demand")
+SEGMENTER_INPUTS = ("depth_image", "scene_cloud")
+TARGET_CHOICES = ("nearest_axis", "largest", "crop_box", "clicked")  # dvqvae_model.pipeline.segmentation.TARGET_RULES
+DEPTH_ENCODING_CHOICES = ("16UC1", "32FC1")
 MAX_GRASPS = 256
 
 Checker = Callable[[Any], Any]
@@ -241,6 +245,67 @@ class FakeCameraParameters:
                            _text("frame id"))
     rate_hz: float = _param(2.0, "publishing rate (Hz)", _real(0.0, 100.0, lo_open=True))
     seed: int = _param(0, "noise seed (deterministic stream of clouds)", _integer(0, 2**31 - 1))
+    extra_objects: int = _param(0, "more sample objects placed on the table around the main one (random, seeded)",
+                                _integer(0, 3))
+    publish_segmented: bool = _param(True, "publish the object's points (segmented by the simulator) on points",
+                                     _boolean)
+    publish_scene: bool = _param(
+        True, "publish what a real camera does: depth/image, depth/camera_info, depth/points (organized scene "
+        "cloud) and the target's ground-truth mask on ground_truth/mask", _boolean)
+    depth_encoding: str = _param("16UC1", "depth/image encoding: 16UC1 (millimetres) | 32FC1 (metres)",
+                                 _choice(DEPTH_ENCODING_CHOICES))
+
+
+def _vector3_or_empty(value: Any) -> tuple[float, ...]:
+    """Empty (any plane) or a non-zero [x, y, z]."""
+    if value is None or (hasattr(value, "__len__") and not isinstance(value, (str, bytes)) and len(value) == 0):
+        return ()
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3 or not all(
+            _is_number(v) and math.isfinite(float(v)) for v in value):
+        raise ValueError(f"must be empty or 3 finite numbers [x, y, z], got {value!r}")
+    vec = tuple(float(v) for v in value)
+    if not any(vec):
+        raise ValueError("must not be the zero vector")
+    return vec
+
+
+@dataclass(frozen=True)
+class SegmenterParameters:
+    """Parameters of the ``object_segmenter`` node (read-only after start-up); lengths in metres, camera frame."""
+
+    input: str = _param("depth_image", "depth_image (depth/image + depth/camera_info) | scene_cloud (depth/points)",
+                        _choice(SEGMENTER_INPUTS))
+    target: str = _param("nearest_axis", "which cluster is the object: " + " | ".join(TARGET_CHOICES),
+                         _choice(TARGET_CHOICES))
+    crop_box: tuple = _param((), "target crop_box: [x_min, y_min, z_min, x_max, y_max, z_max] (cloud frame, m)",
+                             _crop_box)
+    click_radius: float = _param(0.05, "target clicked: the cluster must come this close to the clicked point (m)",
+                                 _real(0.0, 10.0, lo_open=True))
+    use_mask: bool = _param(False, "take the object's pixels from the mask topic (sensor_msgs/Image) instead of "
+                            "clustering", _boolean)
+    mask_label: int = _param(0, "mask pixels equal to this value are the object (0 = every non-zero pixel)",
+                             _integer(0, 2**31 - 1))
+    mask_max_age: float = _param(0.2, "a mask is used for a depth frame stamped at most this many seconds apart",
+                                 _real(0.0, 60.0))
+    plane_distance: float = _param(0.006, "RANSAC inlier distance of the support plane (m)", _real(0.0005, 0.1))
+    plane_normal: tuple = _param((), "expected support-plane normal [x, y, z] in the camera frame; empty = any plane",
+                                 _vector3_or_empty)
+    max_normal_angle_deg: float = _param(30.0, "largest angle between the plane found and plane_normal (deg)",
+                                         _real(0.0, 90.0))
+    min_plane_fraction: float = _param(0.1, "a support plane holds at least this fraction of the valid points",
+                                       _real(0.0, 1.0, lo_open=True))
+    min_height: float = _param(0.008, "object points start this far above the plane (m)", _real(0.0, 1.0))
+    max_height: float = _param(0.5, "and end this far above it (m)", _real(0.0, 10.0, lo_open=True))
+    max_range: float = _param(4.0, "ignore returns farther than this (m)", _real(0.0, 100.0, lo_open=True))
+    cluster_eps: float = _param(0.02, "DBSCAN neighbourhood radius (m); objects closer than this merge",
+                                _real(0.001, 1.0))
+    cluster_min_points: int = _param(5, "DBSCAN core-point neighbours (on the strided sample)", _integer(1, 1000))
+    min_object_points: int = _param(100, "an object needs this many points (full resolution)",
+                                    _integer(1, 10_000_000))
+    stride: int = _param(0, "pixel stride of the plane / clustering sample (0 = from cluster_eps and the depth)",
+                         _integer(0, 64))
+    qos: str = _param("sensor_data", "QoS of the input subscriptions: sensor_data (best effort) | reliable",
+                      _choice(QOS_CHOICES))
 
 
 # --------------------------------------------------------------------------- functions

@@ -1,15 +1,20 @@
-"""Launch the grasp generator (and optionally a simulated depth camera).
+"""Launch the grasp generator, the object segmenter in front of it, and optionally a simulated depth camera.
 
-    ros2 launch dvqvae_ros grasp_generator.launch.py model:=/path/to/checkpoint points_topic:=/object/points
+    ros2 launch dvqvae_ros grasp_generator.launch.py depth_topic:=/camera/camera/depth/image_rect_raw \
+        camera_info_topic:=/camera/camera/depth/camera_info           # a RealSense (see the README)
+    ros2 launch dvqvae_ros grasp_generator.launch.py input:=scene_cloud scene_cloud_topic:=/points2
+    ros2 launch dvqvae_ros grasp_generator.launch.py input:=segmented_cloud points_topic:=/object/points
     ros2 launch dvqvae_ros grasp_generator.launch.py use_fake_camera:=true object:=bottle
 
-Parameters come from config/grasp_generator.yaml (or params_file:=...); the
+``input`` selects what comes in: depth_image (depth image + camera info -> object_segmenter), scene_cloud
+(a scene PointCloud2 -> object_segmenter) or segmented_cloud (an object cloud straight to the grasp
+generator, no segmenter). Parameters come from config/grasp_generator.yaml (or params_file:=...); the
 launch arguments below override the most common ones.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import EqualsSubstitution, LaunchConfiguration, NotEqualsSubstitution, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
@@ -30,8 +35,20 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("backend", default_value="auto",
                               description="auto | eager | torchscript | onnx | tensorrt"),
         DeclareLaunchArgument("device", default_value="cpu", description="cpu | cuda | cuda:N"),
+        DeclareLaunchArgument("input", default_value="depth_image",
+                              description="depth_image | scene_cloud | segmented_cloud (no segmenter)"),
         DeclareLaunchArgument("points_topic", default_value="points",
-                              description="segmented object cloud (sensor_msgs/PointCloud2) to subscribe to"),
+                              description="segmented object cloud (sensor_msgs/PointCloud2) the grasp generator reads"),
+        DeclareLaunchArgument("depth_topic", default_value="depth/image",
+                              description="input depth_image: depth image (16UC1 mm or 32FC1 m)"),
+        DeclareLaunchArgument("camera_info_topic", default_value="depth/camera_info",
+                              description="input depth_image: the depth image's CameraInfo"),
+        DeclareLaunchArgument("scene_cloud_topic", default_value="depth/points",
+                              description="input scene_cloud: the camera's scene PointCloud2"),
+        DeclareLaunchArgument("mask_topic", default_value="mask",
+                              description="object mask image (used with the segmenter's use_mask: true)"),
+        DeclareLaunchArgument("clicked_point_topic", default_value="/clicked_point",
+                              description="RViz Publish Point (used with the segmenter's target: clicked)"),
         DeclareLaunchArgument("use_fake_camera", default_value="false",
                               description="also start fake_depth_camera publishing on points_topic"),
         DeclareLaunchArgument("object", default_value="mug",
@@ -53,13 +70,32 @@ def generate_launch_description() -> LaunchDescription:
         ],
         remappings=[("points", points_topic)],
     )
+    camera_topics = [
+        ("depth/image", LaunchConfiguration("depth_topic")),
+        ("depth/camera_info", LaunchConfiguration("camera_info_topic")),
+        ("depth/points", LaunchConfiguration("scene_cloud_topic")),
+    ]
+    segmenter = Node(
+        package=PACKAGE,
+        executable="object_segmenter",
+        name="object_segmenter",
+        output="screen",
+        parameters=[params_file, {"input": LaunchConfiguration("input")}],
+        remappings=[("points", points_topic), *camera_topics, ("mask", LaunchConfiguration("mask_topic")),
+                    ("clicked_point", LaunchConfiguration("clicked_point_topic"))],
+        condition=IfCondition(NotEqualsSubstitution(LaunchConfiguration("input"), "segmented_cloud")),
+    )
     fake_camera = Node(
         package=PACKAGE,
         executable="fake_depth_camera",
         name="fake_depth_camera",
         output="screen",
-        parameters=[params_file, {"object": LaunchConfiguration("object")}],
-        remappings=[("points", points_topic)],
+        parameters=[params_file, {
+            "object": LaunchConfiguration("object"),
+            # With a segmenter in the chain the camera publishes only what a real one does.
+            "publish_segmented": EqualsSubstitution(LaunchConfiguration("input"), "segmented_cloud"),
+        }],
+        remappings=[("points", points_topic), *camera_topics],
         condition=IfCondition(LaunchConfiguration("use_fake_camera")),
     )
-    return LaunchDescription(arguments + [grasp_generator, fake_camera])
+    return LaunchDescription(arguments + [grasp_generator, segmenter, fake_camera])

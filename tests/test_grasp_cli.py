@@ -121,6 +121,10 @@ def test_demo_runs_camera_and_node_over_dds(tmp_path: Path, checkpoint: Path) ->
         assert needle in res.stdout
     import re
 
+    # camera (mug + 2 more objects on a table) -> object_segmenter -> grasp node: the right object, well cut
+    assert "object_segmenter (depth_image)" in res.stdout
+    iou = float(re.search(r"segmentation IoU\s+mean ([0-9.]+)", res.stdout).group(1))
+    assert iou >= 0.9, res.stdout
     err_mm = float(re.search(r"reproduces published keypoints to ([0-9.]+) mm", res.stdout).group(1))
     assert err_mm < 0.01  # the MANO array and the keypoints describe the same hands
     data = _check_outputs(out, 4)

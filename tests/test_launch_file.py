@@ -25,6 +25,7 @@ from rclpy.node import Node
 from dvqvae_ros.parameters import (
     FakeCameraParameters,
     GraspNodeParameters,
+    SegmenterParameters,
     check_parameters,
     declare_parameters,
     read_parameters,
@@ -34,7 +35,8 @@ DOMAIN_ID = 79  # unique per test module
 REPO = Path(__file__).resolve().parent.parent
 LAUNCH = REPO / "launch" / "grasp_generator.launch.py"
 CONFIG = REPO / "config" / "grasp_generator.yaml"
-NODE_PARAMETERS = {"grasp_generator": GraspNodeParameters, "fake_depth_camera": FakeCameraParameters}
+NODE_PARAMETERS = {"grasp_generator": GraspNodeParameters, "fake_depth_camera": FakeCameraParameters,
+                   "object_segmenter": SegmenterParameters}
 
 
 def _const(node: ast.AST):
@@ -97,7 +99,8 @@ def test_nodes_name_existing_package_and_executables(tree, module_constants) -> 
     package = ET.parse(REPO / "package.xml").getroot().findtext("name")
     scripts = _console_scripts()
     nodes = [_kwargs(c) for c in _calls(tree, "Node")]
-    assert {_value(n["executable"], module_constants) for n in nodes} == {"grasp_generator", "fake_depth_camera"}
+    assert {_value(n["executable"], module_constants) for n in nodes} == {
+        "grasp_generator", "fake_depth_camera", "object_segmenter"}
     for node in nodes:
         assert _value(node["package"], module_constants) == package
         exe = _value(node["executable"], module_constants)
@@ -110,6 +113,8 @@ def test_nodes_name_existing_package_and_executables(tree, module_constants) -> 
             _const(t.elts[0]) == "points" for t in remaps.elts if isinstance(t, ast.Tuple))
     fake = next(n for n in nodes if _value(n["executable"], module_constants) == "fake_depth_camera")
     assert "condition" in fake and "use_fake_camera" in ast.unparse(fake["condition"])
+    segmenter = next(n for n in nodes if _value(n["executable"], module_constants) == "object_segmenter")
+    assert "segmented_cloud" in ast.unparse(segmenter["condition"])
 
 
 def test_config_file_is_found_and_installed(tree) -> None:
@@ -122,7 +127,8 @@ def test_config_file_is_found_and_installed(tree) -> None:
 
 def test_launch_arguments(tree) -> None:
     declared = {_const(c.args[0]) for c in _calls(tree, "DeclareLaunchArgument")}
-    assert {"model", "hand_model", "backend", "points_topic", "use_fake_camera", "params_file"} <= declared
+    assert {"model", "hand_model", "backend", "points_topic", "use_fake_camera", "params_file", "input",
+            "depth_topic", "camera_info_topic", "scene_cloud_topic", "mask_topic", "clicked_point_topic"} <= declared
     used = {_const(c.args[0]) for c in _calls(tree, "LaunchConfiguration")}
     assert used <= declared, f"undeclared launch arguments: {used - declared}"
     for call in _calls(tree, "DeclareLaunchArgument"):
@@ -171,7 +177,8 @@ def _stub_modules() -> dict[str, types.ModuleType]:
         "launch": ["LaunchDescription"],
         "launch.actions": ["DeclareLaunchArgument"],
         "launch.conditions": ["IfCondition"],
-        "launch.substitutions": ["LaunchConfiguration", "PathJoinSubstitution"],
+        "launch.substitutions": ["LaunchConfiguration", "PathJoinSubstitution", "EqualsSubstitution",
+                                 "NotEqualsSubstitution"],
         "launch_ros": [],
         "launch_ros.actions": ["Node"],
         "launch_ros.substitutions": ["FindPackageShare"],
@@ -198,9 +205,10 @@ def test_generate_launch_description_runs(monkeypatch) -> None:
     description = _load_launch_module().generate_launch_description()
     (entities,) = description.args
     kinds = [type(e).__name__ for e in entities]
-    assert kinds.count("Node") == 2 and kinds.count("DeclareLaunchArgument") == len(entities) - 2
+    assert kinds.count("Node") == 3 and kinds.count("DeclareLaunchArgument") == len(entities) - 3
     args = {e.args[0]: e.kwargs["default_value"] for e in entities if type(e).__name__ == "DeclareLaunchArgument"}
     assert args["model"] == "default" and args["use_fake_camera"] == "false" and args["backend"] == "auto"
+    assert args["input"] == "depth_image" and args["depth_topic"] == "depth/image"
     nodes = {e.kwargs["executable"]: e.kwargs for e in entities if type(e).__name__ == "Node"}
     gen = nodes["grasp_generator"]
     overrides = gen["parameters"][1]
@@ -211,6 +219,20 @@ def test_generate_launch_description_runs(monkeypatch) -> None:
     assert remap[0] == "points" and remap[1].args == ("points_topic",)
     cond = nodes["fake_depth_camera"]["condition"]
     assert type(cond).__name__ == "IfCondition" and cond.args[0].args == ("use_fake_camera",)
+    # input:=segmented_cloud: no segmenter, and the fake camera publishes its own segmentation on `points`
+    seg = nodes["object_segmenter"]
+    test = seg["condition"].args[0]
+    assert type(test).__name__ == "NotEqualsSubstitution" and test.args[0].args == ("input",)
+    assert test.args[1] == "segmented_cloud"
+    assert seg["parameters"][1]["input"].args == ("input",)
+    seg_remaps = {src: dst.args[0] for src, dst in seg["remappings"]}
+    assert seg_remaps == {"points": "points_topic", "depth/image": "depth_topic",
+                          "depth/camera_info": "camera_info_topic", "depth/points": "scene_cloud_topic",
+                          "mask": "mask_topic", "clicked_point": "clicked_point_topic"}
+    publish = nodes["fake_depth_camera"]["parameters"][1]["publish_segmented"]
+    assert type(publish).__name__ == "EqualsSubstitution" and publish.args[1] == "segmented_cloud"
+    cam_remaps = {src: dst.args[0] for src, dst in nodes["fake_depth_camera"]["remappings"]}
+    assert {k: seg_remaps[k] for k in cam_remaps} == cam_remaps  # the camera feeds the segmenter
     default_params = args["params_file"]
     share, *rest = default_params.args[0]
     assert share.args == ("dvqvae_ros",) and rest == ["config", "grasp_generator.yaml"]
@@ -222,5 +244,5 @@ def test_generate_launch_description_with_real_launch() -> None:  # pragma: no c
     from launch.actions import DeclareLaunchArgument
 
     args = {e.name for e in description.entities if isinstance(e, DeclareLaunchArgument)}
-    assert {"model", "hand_model", "backend", "points_topic", "use_fake_camera"} <= args
-    assert len(description.entities) == len(args) + 2
+    assert {"model", "hand_model", "backend", "points_topic", "use_fake_camera", "input"} <= args
+    assert len(description.entities) == len(args) + 3

@@ -1,5 +1,7 @@
-"""Inference, in the order the data flows: cloud -> ``preprocess`` -> sampling graph (``nets`` +
-``hand``, run by a ``runtime`` backend) -> ``refine`` -> ``GraspSet`` (``generator`` ties them)."""
+"""Inference, in the order the data flows: (depth image / scene cloud -> ``segmentation`` -> object
+cloud) -> ``preprocess`` -> sampling graph (``nets`` + ``hand``, run by a ``runtime`` backend) ->
+``refine`` -> ``GraspSet`` (``generator`` ties them). ``segmentation`` is imported on use (it needs
+open3d)."""
 from dvqvae_model.pipeline.generator import GraspGenerator, GraspSet
 from dvqvae_model.pipeline.preprocess import CloudError, PreparedCloud, prepare_cloud
 from dvqvae_model.pipeline.refine import RefineConfig, refine_grasps
