@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import importlib
 import json
 from dataclasses import dataclass, field
@@ -35,6 +36,13 @@ FORMAT_VERSION = 1
 MODEL_FILE = "model.safetensors"
 PRIOR_FILE = "prior.safetensors"
 CONFIG_FILE = "config.json"
+# sha256 of config.json's canonical JSON (without this key); it covers the weights too, whose sha256
+# config.json lists. Optional: checkpoints written before it load, checked against the bounds below.
+CONFIG_HASH_KEY = "config_sha256"
+MAX_CONFIG_INT = 1 << 20  # no size in a model/prior config is larger (an edited one would allocate TBs)
+MAX_CONFIG_LIST = 256
+MAX_MODEL_BYTES = 4 << 30  # a model built from config.json, counted on the meta device before allocating
+MAX_HEADER_BYTES = 16 << 20  # safetensors header (JSON) of a weights file
 
 _REQUIRED_KEYS: dict[str, type | tuple[type, ...]] = {
     "format": str,
@@ -252,6 +260,7 @@ def save_checkpoint(
                 "bytes": fpath.stat().st_size,
                 "num_tensors": len(tensors),
             }
+        meta[CONFIG_HASH_KEY] = config_digest(meta)
         with open(tmp / CONFIG_FILE, "w", encoding="utf-8") as f:
             json.dump(meta, f, indent=2, sort_keys=True, allow_nan=False)
             f.write("\n")
@@ -293,6 +302,14 @@ def read_checkpoint_config(path: Union[str, Path]) -> dict:
         raise CheckpointError(
             f"{cpath}: format_version {meta['format_version']} is newer than supported ({FORMAT_VERSION})"
         )
+    if CONFIG_HASH_KEY in meta:
+        digest = config_digest(meta)
+        if meta[CONFIG_HASH_KEY] != digest:
+            raise CheckpointError(
+                f"{cpath} was edited after the checkpoint was saved: its sha256 {digest[:16]}... does not match "
+                f"the recorded {str(meta[CONFIG_HASH_KEY])[:16]}...; re-save the checkpoint from its source"
+            )
+    _check_config_bounds(meta, cpath)
     files = meta["files"]
     if "model" not in files:
         raise CheckpointError(f"{cpath}: files.model is missing")
@@ -309,6 +326,79 @@ def read_checkpoint_config(path: Union[str, Path]) -> dict:
         if "/" in name or "\\" in name or name.startswith(".") or not name.endswith(".safetensors"):
             raise CheckpointError(f"{cpath}: files.{role}.name {name!r} is not a plain .safetensors file name")
     return meta
+
+
+def config_digest(meta: dict) -> str:
+    """sha256 of the config's canonical JSON, without the digest's own key."""
+    body = {k: v for k, v in meta.items() if k != CONFIG_HASH_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False, default=_json_default)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _check_config_bounds(meta: dict, cpath: Path) -> None:
+    """Every number in the model/prior configs within sane bounds, before anything is built from them."""
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            return
+        if isinstance(value, (int, float)):
+            if not abs(value) <= MAX_CONFIG_INT:  # also NaN
+                raise CheckpointError(f"{cpath}: {where} = {value!r} is out of bounds (|x| <= {MAX_CONFIG_INT})")
+        elif isinstance(value, list):
+            if len(value) > MAX_CONFIG_LIST:
+                raise CheckpointError(f"{cpath}: {where} has {len(value)} entries (> {MAX_CONFIG_LIST})")
+            for i, v in enumerate(value):
+                walk(v, f"{where}[{i}]")
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk(v, f"{where}.{k}")
+
+    for key in ("model_config", "prior_config"):
+        walk(meta.get(key), key)
+
+
+def _safetensors_shapes(fpath: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors file's header alone (nothing allocated)."""
+    import struct
+
+    with open(fpath, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise CheckpointError(f"{fpath}: too short to be a safetensors file")
+        (size,) = struct.unpack("<Q", head)
+        if size > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{fpath}: safetensors header of {size} bytes (> {MAX_HEADER_BYTES})")
+        try:
+            header = json.loads(f.read(size))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{fpath}: unreadable safetensors header ({e})") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{fpath}: safetensors header is not a JSON object")
+    return {k: tuple(v.get("shape", ())) for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+
+
+def _check_before_allocating(module_on_meta: Callable[[], nn.Module], fpath: Path, what: str) -> None:
+    """Build the module on the meta device (no memory) and compare it with the weights file's header:
+    an edited config fails here, with the shapes named, instead of allocating what it describes."""
+    try:
+        with torch.device("meta"):
+            module = module_on_meta()
+    except CheckpointError:
+        raise
+    except (TypeError, ValueError, KeyError, RuntimeError, NotImplementedError):
+        return  # a builder that cannot run on meta: the checks after loading still apply
+    prefixes = _hand_prefixes(module)
+    expected = {k: v for k, v in module.state_dict().items() if not any(k.startswith(p) for p in prefixes)}
+    total = sum(v.numel() * v.element_size() for v in expected.values())
+    if total > MAX_MODEL_BYTES:
+        raise CheckpointError(f"config.json describes a {what} of {total / 2**30:.1f} GiB "
+                              f"(> {MAX_MODEL_BYTES / 2**30:.0f} GiB): edited or corrupted config")
+    stored = _safetensors_shapes(fpath)
+    missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    bad = [k for k in expected if k in stored and tuple(expected[k].shape) != stored[k]]
+    if missing or unexpected or bad:
+        detail = (f"{bad[0]} is {stored[bad[0]]} in {fpath.name}, config.json gives {tuple(expected[bad[0]].shape)}"
+                  if bad else f"missing {missing[:4]}, unexpected {unexpected[:4]}")
+        raise CheckpointError(f"config.json does not describe the {what} weights ({detail}); edited config?")
 
 
 def _verify_file(ckpt: Path, role: str, entry: dict) -> Path:
@@ -383,6 +473,10 @@ def load_checkpoint(
         )
 
     try:
+        _check_before_allocating(lambda: _BUILDERS[kind](meta["model_config"], hand), paths["model"], "model")
+        if "prior" in paths:
+            _check_before_allocating(lambda: GatedPixelCNNPrior(PriorConfig.from_dict(meta["prior_config"])),
+                                     paths["prior"], "prior")
         model = _BUILDERS[kind](meta["model_config"], hand)
     except CheckpointError:
         raise

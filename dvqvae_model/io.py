@@ -7,17 +7,19 @@ the folder, so the rename itself survives a power cut.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import os
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, TypeVar, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, TypeVar, Union
 
 __all__ = [
-    "fsync_path", "atomic_write_bytes", "atomic_directory", "sha256_file", "config_to_dict", "config_from_dict",
+    "fsync_path", "atomic_write_bytes", "atomic_directory", "staged_directory", "sha256_file", "config_to_dict", "config_from_dict",
     "unknown_config_keys", "SerializableConfig",
 ]
 
@@ -91,6 +93,55 @@ def atomic_directory(target: Union[str, Path], fill: Callable[[Path], None], *, 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+@contextlib.contextmanager
+def staged_directory(out: Union[str, Path], stale: Sequence[str] = ()) -> Iterator[Path]:
+    """Yield an empty staging folder; on success its files land in ``out`` together, on failure none do.
+
+    A new ``out`` is the staging folder renamed into place (atomic). An existing ``out`` (e.g. one that
+    already holds logs) gets the staged files by ``os.replace`` one by one: renames need no space, so a
+    full disk or any error while writing leaves ``out`` as it was. Staged files are fsynced first.
+    Files of ``out`` matching a ``stale`` glob that the new set does not replace are removed after the
+    move (e.g. ``grasp_07.ply`` of an earlier, larger run).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(errno.EEXIST, "exists and is not a directory", str(out))
+    fresh = not out.exists()
+    parent = out.parent if fresh else out
+    if fresh:
+        parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    try:
+        yield stage
+        for child in stage.rglob("*"):
+            if child.is_file():
+                fsync_path(child)
+        os.chmod(stage, 0o755)  # mkdtemp makes it private; outputs are meant to be shared
+        if fresh:
+            os.rename(stage, out)
+        else:
+            children = sorted(stage.iterdir())
+            names = {c.name for c in children}
+            for child in children:  # check every target first: the moves below should not fail half-way
+                target = out / child.name
+                if target.is_dir() != child.is_dir() and target.exists():
+                    raise IsADirectoryError(errno.EISDIR, "an existing entry is in the way of an output",
+                                            str(target))
+            for child in children:
+                target = out / child.name
+                if child.is_dir() and target.is_dir():
+                    shutil.rmtree(target)
+                os.replace(child, target)
+            for pattern in stale:
+                for old in out.glob(pattern):
+                    if old.name not in names and old.is_file():
+                        old.unlink()
+        fsync_path(out)
+        fsync_path(out.parent)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def sha256_file(path: Union[str, Path], chunk: int = 1 << 20) -> str:

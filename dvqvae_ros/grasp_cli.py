@@ -16,33 +16,53 @@ the simulator's ground-truth mask), latency and quick grasp quality numbers.
 from __future__ import annotations
 
 import argparse
+import errno
+import pickle
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-
-
 from dvqvae_ros.grasp_files import format_quality, load_object_cloud, quick_quality, resolve_model, write_grasp_files
 
-__all__ = ["main"]
+__all__ = ["CliError", "main"]
+
+
+class CliError(Exception):
+    """A failure the user can act on: printed as one ``error:`` line, exit code ``code``
+    (2: bad input or arguments, 1: the machine failed us - disk full, out of memory)."""
+
+    def __init__(self, message: str, code: int = 2) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 # -------------------------------------------------------------------------------------- generate
 def cmd_generate(args: argparse.Namespace) -> int:
+    from dvqvae_model.checkpoint import CheckpointError
     from dvqvae_model.pipeline.generator import GraspGenerator
     from dvqvae_model.pipeline.preprocess import CloudError
 
+    out = Path(args.out)
+    _check_writable(out)  # before minutes of work, not after
     model_dir = resolve_model(args.model)
-    gen = GraspGenerator.from_checkpoint(model_dir, hand=args.hand)
+    try:
+        gen = GraspGenerator.from_checkpoint(model_dir, hand=args.hand)
+    except (CheckpointError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
+        # UnsafePickleError (a refused --hand pickle) is an UnpicklingError; nothing from it ran
+        raise CliError(f"cannot load model {str(model_dir)!r} with hand {args.hand!r}: "
+                       f"{type(exc).__name__}: {exc}") from None
     points, mesh = load_object_cloud(args.object, gen.num_points, partial_view=args.partial_view, seed=args.seed)
     try:
         gs = gen.generate(points, args.num_grasps, temperature=args.temperature, seed=args.seed)
     except CloudError as exc:
-        print(f"error: bad object cloud: {exc}", file=sys.stderr)
-        return 2
-    out = Path(args.out)
-    paths = write_grasp_files(out, vertices=gs.vertices, mano=gs.params, keypoints=gs.keypoints, scores=gs.scores,
-                              hand=gen.hand, object_points=points, title=f"{Path(args.object).name}: {len(gs)} grasps")
+        raise CliError(f"bad object cloud: {exc}") from None
+    try:
+        paths = write_grasp_files(out, vertices=gs.vertices, mano=gs.params, keypoints=gs.keypoints,
+                                  scores=gs.scores, hand=gen.hand, object_points=points,
+                                  title=f"{Path(args.object).name}: {len(gs)} grasps")
+    except OSError as exc:
+        raise CliError(f"cannot write the output files to {out}/: {exc.strerror or exc} "
+                       f"({exc.filename or out}); no partial output was left", code=1) from None
     print(f"{len(gs)} grasps for {args.object} in {gs.timing.get('total_ms', float('nan')):.1f} ms -> {out}/")
     if mesh is not None and mesh.is_watertight and not args.no_quality:
         q = quick_quality(gs.vertices, gen.hand, mesh)
@@ -52,6 +72,22 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_writable(out: Path) -> None:
+    """``out`` must be a folder (or creatable as one) we can write into: probed with a temporary folder."""
+    import shutil
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise CliError(f"--out {out} exists and is not a folder; give a folder for the output files")
+    probe_in = out if out.is_dir() else next((p for p in out.parents if p.exists()), Path("."))
+    if not probe_in.is_dir():
+        raise CliError(f"--out {out}: {probe_in} is not a folder")
+    try:
+        shutil.rmtree(tempfile.mkdtemp(prefix=".dvqvae-probe-", dir=probe_in))
+    except OSError as exc:
+        raise CliError(f"--out {out}: cannot write in {probe_in} ({exc.strerror or exc})") from None
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from dvqvae_ros.grasp_demo import cmd_demo as run_demo  # imports rclpy: only the demo path does
 
@@ -59,12 +95,28 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------------------------- CLI
+def _max_grasps() -> int:
+    from dvqvae_ros.parameters import MAX_GRASPS  # the node's bound (a ROS-free module)
+
+    return MAX_GRASPS
+
+
+def _grasp_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if not 1 <= value <= _max_grasps():
+        raise argparse.ArgumentTypeError(f"must be in [1, {_max_grasps()}] (the node's bound), got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dvqvae-grasp", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="grasps for one object (mesh, cloud or sample name), no ROS")
     g.add_argument("--object", required=True, help="mesh file, point-cloud file (.npy/.xyz/.pcd/.ply) or mug|box|bottle|ball")
-    g.add_argument("--num-grasps", type=int, default=8)
+    g.add_argument("--num-grasps", type=_grasp_count, default=8, help=f"1..{_max_grasps()} (as the node)")
     g.add_argument("--out", required=True)
     g.add_argument("--partial-view", action="store_true", help="use one simulated depth view of the mesh")
     g.add_argument("--seed", type=int, default=0)
@@ -76,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="fake depth camera -> object segmenter -> grasp node over DDS -> files, "
                        "picture, segmentation IoU, latency, quality")
     d.add_argument("--object", default="mug")
-    d.add_argument("--num-grasps", type=int, default=8)
+    d.add_argument("--num-grasps", type=_grasp_count, default=8, help=f"1..{_max_grasps()} (as the node)")
     d.add_argument("--out", default="demo_out")
     d.add_argument("--model", default="default")
     d.add_argument("--hand", default="standin")
@@ -95,14 +147,35 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Every failure is one ``error:`` line on stderr and a non-zero exit code, never a traceback."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "num_grasps", 1) < 1:
-        raise SystemExit("error: --num-grasps must be >= 1")
     try:
         return int(args.func(args))
-    except ValueError as exc:
+    except CliError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("error: out of memory; try a smaller --num-grasps or a smaller cloud", file=sys.stderr)
+        return 1
+    except (ValueError, pickle.UnpicklingError, EOFError) as exc:  # bad input named by the library
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            print(f"error: no space left for {exc.filename or 'the output'} ({exc.strerror})", file=sys.stderr)
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:  # torch allocation failures and other library faults, summarised
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "allocate" in text or "memory" in text.lower():
+            print(f"error: out of memory ({text}); try a smaller --num-grasps or a smaller cloud", file=sys.stderr)
+        else:
+            print(f"error: {type(exc).__name__}: {text}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -46,7 +46,10 @@ def _read_cloud(path: Path) -> np.ndarray:
         raise ValueError(f"no such file: {path}")
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (EOFError, ValueError, OSError) as exc:  # empty, truncated, pickled or not a .npy at all
+            raise ValueError(f"{path}: not a readable .npy point array ({type(exc).__name__}: {exc})") from None
     elif suffix in (".xyz", ".txt"):
         arr = np.loadtxt(path, ndmin=2)[:, :3]
     else:  # .ply / .pcd
@@ -57,6 +60,8 @@ def _read_cloud(path: Path) -> np.ndarray:
             import trimesh
 
             arr = np.asarray(trimesh.load(str(path)).vertices)
+    if getattr(arr, "dtype", np.dtype(np.float32)).kind not in "biuf":
+        raise ValueError(f"{path}: expected numbers, got dtype {arr.dtype}")
     arr = np.asarray(arr, dtype=np.float32)
     if arr.ndim != 2 or arr.shape[1] < 3:
         raise ValueError(f"{path}: expected an [N,3] point array, got shape {arr.shape}")
@@ -66,12 +71,25 @@ def _read_cloud(path: Path) -> np.ndarray:
 # --------------------------------------------------------------------------------------- outputs
 def write_grasp_files(out: Path, *, vertices: np.ndarray, mano: np.ndarray, keypoints: np.ndarray,
                       scores: np.ndarray, hand: Any, object_points: np.ndarray, title: str) -> dict[str, Path]:
-    """grasps.npz, grasp_XX.ply, object_points.ply, viewer.html and grasps.png in ``out``."""
+    """grasps.npz, grasp_XX.ply, object_points.ply, viewer.html and grasps.png in ``out``, all or none.
+
+    The set is written into a staging folder and moved into ``out`` only once every file is complete
+    (``dvqvae_model.io.staged_directory``): a full disk or an interrupted run leaves no half-written file.
+    """
+    from dvqvae_model.io import staged_directory
+
+    with staged_directory(out, stale=("grasp_*.ply",)) as stage:
+        paths = _write_grasp_files(stage, vertices=vertices, mano=mano, keypoints=keypoints, scores=scores,
+                                   hand=hand, object_points=object_points, title=title)
+    return {key: out / p.name for key, p in paths.items()}
+
+
+def _write_grasp_files(out: Path, *, vertices: np.ndarray, mano: np.ndarray, keypoints: np.ndarray,
+                       scores: np.ndarray, hand: Any, object_points: np.ndarray, title: str) -> dict[str, Path]:
     import trimesh
 
     from dvqvae_model.sim.visualize import render_grasps_png
 
-    out.mkdir(parents=True, exist_ok=True)
     faces = hand.faces.detach().cpu().numpy().astype(np.int64)
     sealed = hand.sealed_faces.detach().cpu().numpy().astype(np.int64)
     paths = {"npz": out / "grasps.npz"}
@@ -134,8 +152,8 @@ def resolve_model(spec: str) -> Path:
 
     try:  # the checkpoint resolver, not the node's: this path must not import ROS
         return resolve_checkpoint(spec, default_dir=DEFAULT_MODEL_DIR)
-    except CheckpointError as exc:
-        raise SystemExit(f"error: --model {spec}: {exc}") from None
+    except CheckpointError as exc:  # a bad argument: one "error:" line and exit code 2 from the CLI
+        raise ValueError(f"--model {spec}: {exc}") from None
 
 
 def format_quality(q: dict[str, float]) -> str:

@@ -27,6 +27,7 @@ fastest available) come from ``dvqvae_model.runtime.backends`` through ``GraspGe
 from __future__ import annotations
 
 import math
+import pickle
 import sys
 import threading
 import time
@@ -44,7 +45,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import JointState, PointCloud2
 from std_msgs.msg import Float32MultiArray, Header
 from std_srvs.srv import Trigger
@@ -53,6 +54,7 @@ from visualization_msgs.msg import MarkerArray
 from dvqvae_model.checkpoint import DEFAULT_MODEL_DIR, CheckpointError, resolve_checkpoint
 from dvqvae_model.pipeline.preprocess import CloudError
 from dvqvae_ros import messages
+from dvqvae_ros.cloud_input import CloudInputMonitor, cloud_qos
 from dvqvae_ros.parameters import (
     GraspNodeParameters,
     ParameterError,
@@ -64,7 +66,7 @@ from dvqvae_ros.parameters import (
 )
 from dvqvae_ros.latest_worker import LatestOnlyWorker
 from dvqvae_ros.point_cloud import read_xyz
-from dvqvae_ros.spin import spin_until_shutdown
+from dvqvae_ros.spin import init_with_shutdown_signals, spin_until_shutdown
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
@@ -105,6 +107,8 @@ def generator_options(params: GraspNodeParameters) -> dict[str, Any]:
         "crop_box": params.crop_box or None,
         "crop_radius": params.crop_radius or None,
         "min_points": params.min_points,
+        "min_extent": params.min_extent,
+        "max_extent": params.max_extent,
     }
 
 
@@ -136,8 +140,10 @@ def create_generator(params: GraspNodeParameters) -> tuple[GeneratorLike, str]:
     try:
         gen = GraspGenerator.from_checkpoint(model_dir, hand=params.hand_model, device=params.device,
                                              backend=params.backend, **generator_options(params))
-    except (OSError, ValueError, RuntimeError, KeyError) as exc:  # CheckpointError is a RuntimeError
-        raise StartupError(f"cannot load model {str(model_dir)!r} with backend {params.backend}: {exc}") from exc
+    except (OSError, ValueError, RuntimeError, KeyError, MemoryError, pickle.UnpicklingError) as exc:
+        # CheckpointError is a RuntimeError; a refused hand pickle (UnsafePickleError) an UnpicklingError
+        raise StartupError(f"cannot load model {str(model_dir)!r} with backend {params.backend} and "
+                           f"hand_model {params.hand_model!r}: {type(exc).__name__}: {exc}") from exc
     return gen, str(getattr(gen, "backend_name", params.backend))
 
 
@@ -214,6 +220,8 @@ class GraspGeneratorNode(Node):
         self._stats_lock = threading.Lock()
         self._latest: Optional[_Job] = None
         self._latest_lock = threading.Lock()
+        self._closing = False  # set by prepare_shutdown: failures after it are the shutdown's, not errors
+        self._calls = 0  # ~/generate calls not yet answered (the shutdown waits for their answers)
         try:
             declare_parameters(self, GraspNodeParameters)
             self.params = read_parameters(self, GraspNodeParameters)  # raises ParameterError
@@ -238,9 +246,12 @@ class GraspGeneratorNode(Node):
         self._pub_joints = self.create_publisher(JointState, "grasps/joint_states", reliable)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        self._worker = LatestOnlyWorker(self._process, self._min_interval, on_drop=self._on_drop)
-        cloud_qos = qos_profile_sensor_data if self.params.qos == "sensor_data" else reliable
-        self._sub = self.create_subscription(PointCloud2, "points", self._on_cloud, cloud_qos)
+        self._worker = LatestOnlyWorker(self._process, self._min_interval, on_drop=self._on_drop,
+                                        on_reject=_answer_shutting_down)
+        self._input = CloudInputMonitor(self.params.qos, lambda: self._sub.topic_name,
+                                        lambda text: self.get_logger().warning(text))
+        self._sub = self.create_subscription(PointCloud2, "points", self._on_cloud, cloud_qos(self.params.qos),
+                                             event_callbacks=self._input.callbacks())
         # The service waits for its generation: its own group lets clouds and diagnostics
         # keep flowing on a multi-threaded executor meanwhile.
         self._srv = self.create_service(Trigger, "~/generate", self._on_generate,
@@ -303,6 +314,10 @@ class GraspGeneratorNode(Node):
                 reply.finish(False, f"bad cloud: {exc}")
             return
         except Exception as exc:  # noqa: BLE001 - keep serving; report it
+            if self._closing:  # e.g. an RCLError from a publisher the shutdown destroyed: not a fault
+                for reply in job.replies:
+                    reply.finish(False, "the node is shutting down")
+                return
             self._record_error(f"generation failed: {type(exc).__name__}: {exc}", bad_cloud=False)
             for reply in job.replies:
                 reply.finish(False, f"generation failed: {type(exc).__name__}: {exc}")
@@ -376,10 +391,15 @@ class GraspGeneratorNode(Node):
         new.replies.extend(old.replies)  # a waiting service call gets the newer cloud's result
 
     # ------------------------------------------------------------------ callbacks
-    def _on_cloud(self, msg: PointCloud2) -> None:
+    def _on_cloud(self, msg: PointCloud2, info: dict) -> None:  # info: rclpy MessageInfo (sequence numbers)
         received = time.monotonic()
+        self._input.cloud_arrived(info)
         with self._stats_lock:
             self._stats.clouds_received += 1
+        if not msg.header.frame_id.strip():
+            self._record_error("bad cloud: empty header.frame_id: the grasps would be in no frame "
+                               "(set the frame of the camera's optical frame)", bad_cloud=True)
+            return
         try:
             points = read_xyz(msg)
         except (ValueError, TypeError) as exc:
@@ -407,8 +427,15 @@ class GraspGeneratorNode(Node):
             return response
         reply = _Reply()
         job = _Job(header=latest.header, points=latest.points, received=time.monotonic(), replies=[reply])
-        self._worker.submit(job, urgent=True)
-        if not reply.done.wait(SERVICE_TIMEOUT_S):
+        with self._stats_lock:
+            self._calls += 1
+        try:
+            self._worker.submit(job, urgent=True)  # after stop(): answered at once (on_reject)
+            answered = reply.done.wait(SERVICE_TIMEOUT_S)
+        finally:
+            with self._stats_lock:
+                self._calls -= 1
+        if not answered:
             response.success = False
             response.message = f"generation did not finish within {SERVICE_TIMEOUT_S:.0f} s"
             return response
@@ -458,6 +485,9 @@ class GraspGeneratorNode(Node):
                 "rate_hz": len(recent) / window,
                 "clouds_received": s.clouds_received,
                 "clouds_dropped": self._worker.dropped,
+                "clouds_lost_in_transport": self._input.lost,
+                "clouds_skipped": self._input.skipped,
+                "incompatible_publishers": self._input.incompatible,
                 "bad_clouds": s.bad_clouds,
                 "generation_errors": s.generation_errors,
                 "generations": s.generations,
@@ -474,6 +504,7 @@ class GraspGeneratorNode(Node):
             level=level[0] if isinstance(level, bytes) else int(level), message=message, values=values)
 
     def _publish_diagnostics(self) -> None:
+        self._input.check(self._sub.get_publisher_count())
         self._pub_diag.publish(messages.diagnostics_message(self.get_clock().now().to_msg(),
                                                             self.diagnostics_snapshot()))
 
@@ -482,12 +513,26 @@ class GraspGeneratorNode(Node):
         """True once no generation is running or waiting (tests)."""
         return self._worker is None or self._worker.wait_idle(timeout)
 
-    def destroy_node(self) -> None:
+    @property
+    def calls_in_flight(self) -> int:
+        """~/generate calls whose answer has not been returned to the executor yet."""
+        with self._stats_lock:
+            return self._calls
+
+    def prepare_shutdown(self) -> None:
+        """Stop generating (the running job may finish) and answer every waiting ~/generate call."""
+        self._closing = True
         if self._worker is not None:
-            pending = self._worker.stop()
-            for reply in pending.replies if pending is not None else ():
-                reply.finish(False, "the node is shutting down")
+            self._worker.stop()  # the waiting job's calls are answered first (on_reject)
+
+    def destroy_node(self) -> None:
+        self.prepare_shutdown()
         super().destroy_node()
+
+
+def _answer_shutting_down(job: Optional[_Job]) -> None:
+    for reply in job.replies if job is not None else ():
+        reply.finish(False, "the node is shutting down")
 
 
 def _stage_times(timing: Optional[dict], generate_ms: float) -> dict[str, float]:
@@ -511,15 +556,20 @@ def _np(x: Any) -> np.ndarray:
 
 def main(args: Sequence[str] | None = None) -> int:
     """Console entry point: ``grasp_generator --ros-args -p model:=/path/to/ckpt``."""
-    rclpy.init(args=list(args) if args is not None else sys.argv)
+    signals = init_with_shutdown_signals(list(args) if args is not None else sys.argv)
     logger = rclpy.logging.get_logger(NODE_NAME)
     try:
         node = GraspGeneratorNode()
     except (ParameterError, StartupError) as exc:
         logger.fatal(str(exc))
         rclpy.try_shutdown()
+        signals.ignore_from_now()
         return 2
-    return spin_until_shutdown(node, MultiThreadedExecutor(num_threads=3))
+    except KeyboardInterrupt:  # SIGINT/SIGTERM while loading the model: a normal, quiet exit
+        rclpy.try_shutdown()
+        signals.ignore_from_now()
+        return 0
+    return spin_until_shutdown(node, MultiThreadedExecutor(num_threads=3), signals)
 
 
 if __name__ == "__main__":

@@ -25,10 +25,12 @@ class LatestOnlyWorker(Generic[J]):
     """
 
     def __init__(self, handler: Callable[[J], None], min_interval: Callable[[], float],
-                 on_drop: Callable[[J, J], None] | None = None, name: str = "grasp-worker") -> None:
+                 on_drop: Callable[[J, J], None] | None = None, name: str = "grasp-worker",
+                 on_reject: Callable[[J], None] | None = None) -> None:
         self._handler = handler
         self._min_interval = min_interval
         self._on_drop = on_drop
+        self._on_reject = on_reject  # a job submitted after stop(): its owner must not wait for it
         self._cond = threading.Condition()
         self._slot: Optional[tuple[J, bool]] = None
         self._stopping = False
@@ -39,16 +41,23 @@ class LatestOnlyWorker(Generic[J]):
         self._thread.start()
 
     def submit(self, job: J, urgent: bool = False) -> bool:
-        """Put ``job`` in the slot; returns True if it replaced a waiting job."""
+        """Put ``job`` in the slot; returns True if it replaced a waiting job.
+
+        After ``stop()`` the job is refused and handed to ``on_reject`` (returns False).
+        """
         with self._cond:
-            if self._stopping:
-                return False
-            replaced = self._slot
-            if replaced is not None:
-                self.dropped += 1
-                urgent = urgent or replaced[1]
-            self._slot = (job, urgent)
-            self._cond.notify_all()
+            stopping = self._stopping
+            replaced = None if stopping else self._slot
+            if not stopping:
+                if replaced is not None:
+                    self.dropped += 1
+                    urgent = urgent or replaced[1]
+                self._slot = (job, urgent)
+                self._cond.notify_all()
+        if stopping:
+            if self._on_reject is not None:
+                self._on_reject(job)
+            return False
         if replaced is not None and self._on_drop is not None:
             self._on_drop(replaced[0], job)
         return replaced is not None
@@ -65,11 +74,16 @@ class LatestOnlyWorker(Generic[J]):
         return True
 
     def stop(self, timeout: float = 5.0) -> Optional[J]:
-        """Stop the thread (after the running job, up to ``timeout``); returns the job left waiting, if any."""
+        """Stop the thread (after the running job, up to ``timeout``); returns the job left waiting, if any.
+
+        The waiting job goes to ``on_reject`` first, before the running one is waited for.
+        """
         with self._cond:
             self._stopping = True
             pending, self._slot = self._slot, None
             self._cond.notify_all()
+        if pending is not None and self._on_reject is not None:
+            self._on_reject(pending[0])
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         return pending[0] if pending is not None else None

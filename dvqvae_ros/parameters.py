@@ -183,13 +183,28 @@ class GraspNodeParameters:
     crop_radius: float = _param(0.0, "keep points within this distance (m) of the cloud's median; 0 = off",
                                 _real(0.0, 100.0))
     min_points: int = _param(64, "clouds with fewer valid points are rejected (>= 64)", _integer(64, 100_000))
+    min_extent: float = _param(
+        0.01, "clouds whose bounding box's largest side (after crops and outlier removal) is shorter are "
+        "rejected (m; a speck, not a graspable object)", _real(0.001, 1.0))
+    max_extent: float = _param(
+        1.0, "clouds whose bounding box's largest side is longer are rejected (m; a wall or a whole scene: "
+        "segment or crop it)", _real(0.01, 10.0))
     max_rate_hz: float = _param(2.0, "at most this many generations per second (0 = unlimited)",
                                 _real(0.0, 1000.0), dynamic=True)
     refine: bool = _param(False, "refine grasps against the object after sampling", _boolean, dynamic=True)
-    qos: str = _param("sensor_data", "QoS of the cloud subscription: sensor_data (best effort) | reliable",
-                      _choice(QOS_CHOICES))
+    qos: str = _param("reliable", "QoS of the cloud subscription: reliable (every cloud arrives whole, any size; "
+                      "needs a reliable publisher) | sensor_data (best effort: matches any publisher, but clouds "
+                      "over ~1 MB, e.g. 1280x720, are lost)", _choice(QOS_CHOICES))
     mode: str = _param("continuous", "continuous: every cloud (newest wins); on_demand: only on ~/generate",
                        _choice(MODE_CHOICES))
+
+    @staticmethod
+    def cross_check(values: Mapping[str, Any]) -> list[str]:
+        """Problems between parameters (each one valid on its own)."""
+        lo, hi = values.get("min_extent"), values.get("max_extent")
+        if lo is not None and hi is not None and lo >= hi:
+            return [f"  - min_extent / max_extent: min_extent ({lo:g} m) must be < max_extent ({hi:g} m)"]
+        return []
 
     @property
     def sampling(self) -> "SamplingSettings":
@@ -335,6 +350,8 @@ def check_parameters(cls: type[P], values: Mapping[str, Any], node_name: str = "
             clean[f.name] = f.metadata["check"](raw)
         except ValueError as exc:
             errors.append(f"  - {f.name}: {exc}")
+    if not errors and hasattr(cls, "cross_check"):
+        errors.extend(cls.cross_check(clean))
     if errors:
         raise ParameterError(f"invalid parameters for {node_name}:\n" + "\n".join(errors))
     return cls(**clean)

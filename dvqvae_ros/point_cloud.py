@@ -218,6 +218,13 @@ def read_xyz(msg: PointCloud2) -> np.ndarray:
         raise ValueError(
             f"PointCloud2 lacks coordinate field(s) {missing}; fields are {sorted(names)}"
         )
+    spans = {f.name: (int(f.offset), int(f.offset) + DATATYPES[f.datatype].itemsize * max(int(f.count), 1))
+             for f in msg.fields if f.name in ("x", "y", "z") and f.datatype in DATATYPES}
+    for a, b in (("x", "y"), ("x", "z"), ("y", "z")):
+        if a in spans and b in spans and spans[a][0] < spans[b][1] and spans[b][0] < spans[a][1]:
+            raise ValueError(
+                f"PointCloud2 fields {a} (bytes {spans[a][0]}..{spans[a][1] - 1}) and {b} (bytes "
+                f"{spans[b][0]}..{spans[b][1] - 1}) overlap: the coordinates would alias each other")
     points = read_points(msg, field_names=("x", "y", "z"))
     return recfunctions.structured_to_unstructured(points, dtype=np.float32).reshape(-1, 3)
 

@@ -1,22 +1,100 @@
-"""The shared ``main()`` body of our nodes: spin until Ctrl-C or shutdown, then clean up."""
+"""The shared ``main()`` body of our nodes: spin until Ctrl-C or shutdown, then clean up quietly.
+
+rclpy's own SIGINT handler shuts the context down at once, under a worker thread that may be
+publishing (an ``RCLError`` in the log) and before waiting service calls are answered; a second
+SIGINT (``ros2 launch`` sends more than one) then lands in the clean-up as a ``KeyboardInterrupt``
+traceback. So our nodes take the signals themselves (``ShutdownSignals``): during start-up the first
+SIGINT/SIGTERM aborts loading (``KeyboardInterrupt``, caught by ``main``); once spinning it only asks
+the loop to stop, the node finishes what it owes (``prepare_shutdown``: stop the worker, answer
+pending calls), the answers go out, and only then is the context shut down. Later signals are ignored.
+"""
 from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any, Optional, Sequence
 
 import rclpy
 from rclpy.executors import Executor, ExternalShutdownException
 from rclpy.node import Node
 
-__all__ = ["spin_until_shutdown"]
+__all__ = ["ShutdownSignals", "init_with_shutdown_signals", "spin_until_shutdown"]
+
+DRAIN_S = 2.0  # at most this long to send the answers of calls finished by prepare_shutdown
 
 
-def spin_until_shutdown(node: Node, executor: Executor) -> int:
-    """Spin ``node`` on ``executor``; SIGINT is a normal exit (0), and everything is torn down."""
+class ShutdownSignals:
+    """SIGINT / SIGTERM: the first one stops the node (raises during start-up), later ones are ignored."""
+
+    def __init__(self) -> None:
+        self.requested = threading.Event()
+        self._starting = True
+
+    def install(self) -> "ShutdownSignals":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+        return self
+
+    @staticmethod
+    def ignore_from_now() -> None:
+        """Torn down: the interpreter's own finalisation would reset our handler to the default, and a
+        late signal would then kill the exiting process (exit code -2); ignore them instead."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # (a node spun from a thread, e.g. in tests: signals are not ours to change)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+    def running(self) -> None:
+        """Start-up is over: from now on a signal only asks the spin loop to stop."""
+        self._starting = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        first = not self.requested.is_set()
+        self.requested.set()
+        if first and self._starting:
+            raise KeyboardInterrupt  # abort model loading; main() exits quietly
+
+
+def init_with_shutdown_signals(args: Optional[Sequence[str]]) -> ShutdownSignals:
+    """``rclpy.init`` without rclpy's signal handlers, and ours installed (main thread only); our
+    Fast DDS writer profile (``dds_profile``) unless the user chose one."""
+    from rclpy.signals import SignalHandlerOptions
+
+    from dvqvae_ros.dds_profile import use_low_latency_profile
+
+    use_low_latency_profile()  # before the first participant: Fast DDS reads it then
+    signals = ShutdownSignals().install()
+    rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    return signals
+
+
+def spin_until_shutdown(node: Node, executor: Executor, signals: Optional[ShutdownSignals] = None) -> int:
+    """Spin ``node`` on ``executor`` until a signal (or an external shutdown); always exit 0, quietly."""
+    stop = signals.requested if signals is not None else threading.Event()
+    if signals is not None:
+        signals.running()
     executor.add_node(node)
+    context = node.context
     try:
-        executor.spin()
+        while context.ok() and not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown()
-        node.destroy_node()
-        rclpy.try_shutdown()
+        try:
+            prepare = getattr(node, "prepare_shutdown", None)
+            if prepare is not None and context.ok():
+                prepare()  # stop generating; waiting calls get their answers
+                deadline = time.monotonic() + DRAIN_S
+                while context.ok() and time.monotonic() < deadline and getattr(node, "calls_in_flight", 0):
+                    executor.spin_once(timeout_sec=0.05)
+            executor.shutdown()
+            node.destroy_node()
+        except KeyboardInterrupt:  # only without our handler (embedding): still tear down
+            node.destroy_node()
+        finally:
+            rclpy.try_shutdown(context=context)
+            if signals is not None:
+                signals.ignore_from_now()
     return 0

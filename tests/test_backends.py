@@ -205,6 +205,36 @@ def test_stale_explicit_artifact_is_refused(gen, ts_artifact: Path, tmp_path: Pa
         select_backend("torchscript", gen, artifact=copy)
 
 
+def test_swapped_artifact_with_resynced_hashes_fails_parity(gen, other_gen, ts_artifact: Path, tmp_path: Path,
+                                                            caplog) -> None:
+    """The graph file replaced by another model's, its sha256 and size re-synced in the sidecar: the hashes
+    pass, the parity check run on first load does not (explicit path: refused; cache: rebuilt)."""
+    import shutil
+
+    from dvqvae_model.io import sha256_file as sha256_path
+
+    other = build_artifact(other_gen, "torchscript", tmp_path / "other")
+    copy = tmp_path / "swapped"
+    shutil.copytree(ts_artifact, copy)
+    shutil.copyfile(other / "graph.ts", copy / "graph.ts")
+    _edit_sidecar(copy, lambda m: m["artifact"].update(sha256=sha256_path(copy / "graph.ts"),
+                                                        bytes=(copy / "graph.ts").stat().st_size))
+    with pytest.raises(ArtifactMismatch, match=r"parity check failed: its hands differ from the model's by"):
+        load_artifact(copy, gen)
+    assert load_artifact(ts_artifact, gen).name == "torchscript"  # the genuine one passes
+
+    cache = tmp_path / "cache"
+    first = cached_backend(gen, "torchscript", cache_dir=cache)
+    entry = first.artifact_path
+    shutil.copyfile(other / "graph.ts", entry / "graph.ts")
+    _edit_sidecar(entry, lambda m: m["artifact"].update(sha256=sha256_path(entry / "graph.ts"),
+                                                         bytes=(entry / "graph.ts").stat().st_size))
+    with caplog.at_level("WARNING"):
+        again = cached_backend(gen, "torchscript", cache_dir=cache)
+    assert "parity check failed" in caplog.text and "rebuilding" in caplog.text
+    assert _matches_eager(gen, again) <= TOL_M
+
+
 def test_missing_or_broken_sidecar_is_refused(gen, ts_artifact: Path, tmp_path: Path) -> None:
     import shutil
 

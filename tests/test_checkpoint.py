@@ -42,6 +42,7 @@ class ToyModel(nn.Module):
 
 
 register_model_kind("toy_test", lambda cfg, hand: ToyModel(cfg, hand))
+register_model_kind("toy_square_test", lambda cfg, hand: nn.Linear(cfg["width"], cfg["width"]))
 
 HAND_A = SimpleNamespace(fingerprint="hand-aaaa")
 HAND_B = SimpleNamespace(fingerprint="hand-bbbb")
@@ -159,15 +160,60 @@ def test_truncated_or_missing_config(tmp_path: Path) -> None:
 def test_config_does_not_match_weights(tmp_path: Path) -> None:
     path, model, _ = make(tmp_path)
     meta = json.loads((path / CONFIG_FILE).read_text())
+    assert meta["config_sha256"]
     meta["model_config"]["width"] = 32  # weights were written for width 16
     (path / CONFIG_FILE).write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="shape"):
+    with pytest.raises(CheckpointError, match="edited after the checkpoint was saved"):
+        load_checkpoint(path, hand=HAND_A)
+    # the same edit with the digest removed (an older checkpoint, or a tamperer): the shapes catch it,
+    # from the meta device and the weights' header, before anything of the edited size is allocated
+    del meta["config_sha256"]
+    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"does not describe the model weights \(net.0.weight is \(16, 3\)"):
         load_checkpoint(path, hand=HAND_A)
     meta["model_config"]["width"] = 16
     meta["prior_config"]["vocab_sizes"] = [4, 9, 8, 8, 8, 8, 8]
     (path / CONFIG_FILE).write_text(json.dumps(meta))
-    with pytest.raises(CheckpointError, match="vocab sizes"):
+    with pytest.raises(CheckpointError, match="prior weights|vocab sizes"):
         load_checkpoint(path, hand=HAND_A)
+
+
+def test_edited_config_never_allocates_what_it_describes(tmp_path: Path) -> None:
+    """Edits asking for 256 MB (width 2^20) or 1 TiB (a 2^19 x 2^19 matrix) are refused in a blink, not attempted."""
+    import resource
+    import time
+
+    path, _, _ = make(tmp_path)
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    del meta["config_sha256"]
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.monotonic()
+    meta["model_config"]["width"] = 1 << 20
+    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="does not describe the model weights"):
+        load_checkpoint(path, hand=HAND_A)
+    meta["kind"], meta["model_config"]["width"] = "toy_square_test", 1 << 19
+    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="1024.0 GiB"):
+        load_checkpoint(path, hand=HAND_A)
+    assert time.monotonic() - t0 < 5.0
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 150_000  # KiB: nothing of that size
+    meta["model_config"] = {"width": 1 << 30}
+    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match="out of bounds"):
+        load_checkpoint(path, hand=HAND_A)
+
+
+def test_old_checkpoints_without_config_digest_load(tmp_path: Path) -> None:
+    from dvqvae_model.checkpoint import DEFAULT_MODEL_DIR
+
+    path, model, _ = make(tmp_path)
+    meta = json.loads((path / CONFIG_FILE).read_text())
+    del meta["config_sha256"]
+    (path / CONFIG_FILE).write_text(json.dumps(meta))
+    assert load_checkpoint(path, hand=HAND_A).kind == "toy_test"
+    bundled = json.loads((DEFAULT_MODEL_DIR / CONFIG_FILE).read_text())
+    assert bundled["config_sha256"] and bundled["files"]["model"]["sha256"].startswith("0c70c3a1")  # weights unchanged
 
 
 def test_refuses_to_replace_non_checkpoint_dir(tmp_path: Path) -> None:

@@ -100,6 +100,29 @@ def test_plain_items_are_centred(dataset_root, hand):
     assert item["metrics"].shape == (len(ds.reader.metric_names),)
 
 
+def other_hand(tmp_path):
+    """A valid hand model that is not the stand-in (its template 5 % larger): another fingerprint."""
+    import pickle
+
+    from dvqvae_model.hand.hand_model import load_hand_model, resolve_hand_path
+    from dvqvae_model.hand.mano_pickle import load_mano_arrays
+
+    arrays = {k: np.asarray(v) for k, v in load_mano_arrays(resolve_hand_path("standin")).items()}
+    arrays["v_template"] = arrays["v_template"] * 1.05
+    path = tmp_path / "MANO_RIGHT.pkl"
+    path.write_bytes(pickle.dumps(arrays, protocol=2))
+    return load_hand_model(str(path))
+
+
+def test_dataset_refuses_another_hand_model(dataset_root, hand, tmp_path):
+    other = other_hand(tmp_path)
+    assert other.fingerprint != hand.fingerprint
+    with pytest.raises(ValueError, match=f"hand model fingerprint {other.fingerprint} differs from the dataset's "
+                                         f"{hand.fingerprint}"):
+        GraspDataset(dataset_root, "train", hand=other)
+    assert len(GraspDataset(dataset_root, "train", hand=hand)) == 6
+
+
 def test_rotation_augmentation_moves_hand_and_object_together(dataset_root, hand):
     aug = Augmentation(rotate=True, translate=0.05)
     ds = GraspDataset(dataset_root, "train", augment=aug, hand=hand, seed=3)

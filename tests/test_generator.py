@@ -237,5 +237,13 @@ def test_bundled_default_model_generates_near_the_object() -> None:
     gs = gen.generate(cloud, 4, seed=0)
     assert gs.vertices.shape == (4, 778, 3) and np.isfinite(gs.vertices).all()
     assert np.all(np.diff(gs.scores) <= 0)
-    # Hands come back in the cloud's frame, at the object.
-    assert np.linalg.norm(gs.vertices.reshape(-1, 3).mean(0) - cloud.mean(0)) < 0.15
+    # Hands come back in the cloud's frame, at the object: each one touches the 4 cm ball's surface and
+    # wraps around it (mostly outside), not sitting at its centre nor floating away.
+    centre = np.array([0.2, -0.1, 0.6])
+    assert np.linalg.norm(gs.vertices.reshape(-1, 3).mean(0) - centre) < 0.15
+    for v in gs.vertices:
+        from_centre = np.linalg.norm(v - centre, axis=1)
+        assert np.abs(from_centre - 0.04).min() < 0.005, "the hand must touch the object"
+        assert (np.abs(from_centre - 0.04) < 0.005).mean() > 0.03, "a grasp has some contact area"
+        assert np.linalg.norm(v.mean(0) - centre) > 0.02, "a hand centred in the object is not a grasp"
+        assert (from_centre < 0.035).mean() < 0.35, "the hand is mostly outside the object"

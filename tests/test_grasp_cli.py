@@ -78,7 +78,22 @@ def test_generate_from_cloud_file_and_partial_view(tmp_path: Path, checkpoint: P
     out2 = tmp_path / "partial"
     assert grasp_cli.main(["generate", "--object", "mug", "--partial-view", "--num-grasps", "2", "--out", str(out2),
                            "--model", str(checkpoint), "--no-quality"]) == 0
-    _check_outputs(out2, 2)
+    data = _check_outputs(out2, 2)
+    import trimesh
+
+    from dvqvae_model.sim.sample_objects import load_object
+
+    # One depth view, back in the object's frame: on the mug's surface, but only the side the camera saw.
+    seen = np.asarray(trimesh.load(out2 / "object_points.ply").vertices)
+    mesh = load_object("mug")
+    surface, _ = trimesh.sample.sample_surface(mesh, 4000, seed=0)
+    _, dist_to_mesh, _ = trimesh.proximity.closest_point(mesh, seen[::10])
+    assert np.median(dist_to_mesh) < 0.005, "the partial view must lie on the object in its own frame"
+    from scipy.spatial import cKDTree
+
+    covered = (cKDTree(seen).query(surface)[0] < 0.005).mean()
+    assert 0.05 < covered < 0.8, f"a single view covers part of the surface, not all of it ({covered:.2f})"
+    assert np.linalg.norm(data["vertices"].reshape(-1, 3).mean(0) - seen.mean(0)) < 0.25
 
 
 def test_generate_reports_bad_input(tmp_path: Path, checkpoint: Path, capsys) -> None:
@@ -89,8 +104,8 @@ def test_generate_reports_bad_input(tmp_path: Path, checkpoint: Path, capsys) ->
     rc = grasp_cli.main(["generate", "--object", str(tmp_path / "missing.obj"), "--out", str(tmp_path / "o"),
                          "--model", str(checkpoint)])
     assert rc == 2 and "missing.obj" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="not a directory"):
-        grasp_cli.main(["generate", "--object", "mug", "--out", str(tmp_path / "o"), "--model", str(tmp_path / "nope")])
+    rc = grasp_cli.main(["generate", "--object", "mug", "--out", str(tmp_path / "o"), "--model", str(tmp_path / "nope")])
+    assert rc == 2 and "not a directory" in capsys.readouterr().err
 
 
 def test_generate_runs_without_importing_ros(tmp_path: Path, checkpoint: Path) -> None:
@@ -128,6 +143,96 @@ def test_demo_runs_camera_and_node_over_dds(tmp_path: Path, checkpoint: Path) ->
     err_mm = float(re.search(r"reproduces published keypoints to ([0-9.]+) mm", res.stdout).group(1))
     assert err_mm < 0.01  # the MANO array and the keypoints describe the same hands
     data = _check_outputs(out, 4)
-    # The demo's hands are rebuilt from the published MANO parameters; they sit at the camera's object (z > 0).
-    assert np.isfinite(data["vertices"]).all()
+    # The demo's hands are rebuilt from the published MANO parameters; they sit at the camera's object
+    # (the fake camera's cloud, ~0.5 m in front of it), not at the camera's origin.
+    import trimesh
+
+    cloud = np.asarray(trimesh.load(out / "object_points.ply").vertices)
+    assert np.isfinite(data["vertices"]).all() and 0.3 < np.median(cloud[:, 2]) < 0.7
+    hand_centres = data["vertices"].mean(axis=1)
+    assert np.all(np.linalg.norm(hand_centres - cloud.mean(0), axis=1) < 0.3), hand_centres
     assert (out / "logs" / "grasp_generator.log").exists()
+
+
+# ------------------------------------------------------------------ failures: one line, non-zero, nothing half-written
+def _run_cli(args: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvqvae_ros.grasp_cli", *args], capture_output=True, text=True,
+                          timeout=180, **kwargs)
+
+
+def _one_line_error(res: subprocess.CompletedProcess, needle: str) -> None:
+    assert res.returncode != 0, res.stdout
+    assert "Traceback" not in res.stderr, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip() and not ln.startswith("[")]  # rclpy log lines
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], res.stderr
+
+
+def test_generate_failures_are_one_line_errors(tmp_path: Path, checkpoint: Path) -> None:
+    evil_hand = tmp_path / "MANO_RIGHT.pkl"
+    marker = tmp_path / "pwned"
+    evil_hand.write_bytes(b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    np.save(tmp_path / "ball.npy", 0.04 * np.random.default_rng(0).normal(size=(600, 3)).astype(np.float32))
+    edited = tmp_path / "edited"
+    import shutil
+
+    shutil.copytree(checkpoint, edited)
+    (edited / "model.safetensors").write_bytes((edited / "model.safetensors").read_bytes()[:-10] + b"0" * 10)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    base = ["generate", "--model", str(checkpoint), "--no-quality"]
+    cases = [
+        (["--object", "mug", "--out", str(tmp_path / "o1"), "--hand", str(evil_hand)], 2, "refusing to load global"),
+        (["--object", str(tmp_path / "empty.npy"), "--out", str(tmp_path / "o2")], 2, "empty.npy"),
+        (["--object", "mug", "--out", str(a_file)], 2, "is not a folder"),
+        (["--object", "mug", "--out", "/sys/dvqvae_out"], 2, "cannot write"),
+        (["--object", "mug", "--out", str(tmp_path / "o3"), "--model", str(edited)], 2, "corrupted"),
+    ]
+    for extra, code, needle in cases:
+        res = _run_cli(base + extra)
+        _one_line_error(res, needle)
+        assert res.returncode == code, (extra, res.stderr)
+    assert not marker.exists(), "the malicious pickle must never run"
+    assert a_file.read_text() == "not a folder"
+    for bound in ("0", "257", "100000"):
+        res = _run_cli(base + ["--object", "mug", "--out", str(tmp_path / "o4"), "--num-grasps", bound])
+        assert res.returncode == 2 and "Traceback" not in res.stderr and "[1, 256]" in res.stderr, res.stderr
+    assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5)), "a failed run must leave no output folder"
+
+
+def _limit_file_size(limit: int):
+    import resource
+    import signal
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG, like a full disk
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_full_disk_leaves_nothing_half_written(tmp_path: Path, checkpoint: Path) -> None:
+    """viewer.html (~4 MB, plotly inlined) cannot be written past a 1 MB file limit: no file of the set appears."""
+    out = tmp_path / "full"
+    res = _run_cli(["generate", "--object", "mug", "--out", str(out), "--model", str(checkpoint), "--no-quality",
+                    "--num-grasps", "2"], preexec_fn=_limit_file_size(1 << 20))
+    _one_line_error(res, "no partial output")
+    assert res.returncode == 1
+    assert not out.exists() and not list(tmp_path.glob(".full.tmp-*")), list(tmp_path.iterdir())
+    # an existing folder with an earlier result keeps that result whole
+    out.mkdir()
+    (out / "grasps.npz").write_bytes(b"earlier result")
+    res = _run_cli(["generate", "--object", "mug", "--out", str(out), "--model", str(checkpoint), "--no-quality",
+                    "--num-grasps", "2"], preexec_fn=_limit_file_size(1 << 20))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["grasps.npz"] and (out / "grasps.npz").read_bytes() == b"earlier result"
+
+
+def test_existing_output_folder_is_replaced_whole(tmp_path: Path, checkpoint: Path) -> None:
+    out = tmp_path / "again"
+    base = ["generate", "--object", "mug", "--out", str(out), "--model", str(checkpoint), "--no-quality"]
+    assert grasp_cli.main(base + ["--num-grasps", "4"]) == 0
+    (out / "notes.txt").write_text("mine")
+    assert grasp_cli.main(base + ["--num-grasps", "2"]) == 0
+    _check_outputs(out, 2)  # grasp_02/03.ply of the first run are gone: the set is the new one
+    assert (out / "notes.txt").read_text() == "mine" and not list(out.glob(".*"))

@@ -229,10 +229,26 @@ def test_cloud_yields_every_output(harness, checkpoint) -> None:
 
 
 def test_markers_skipped_without_subscribers(harness, checkpoint) -> None:
+    """The ~1 MB meshes are neither built nor published while nobody listens, and are once someone does."""
     h = harness({"model": str(checkpoint), "max_rate_hz": 0.0, "qos": "reliable"}, markers=False)
-    h.send(box_cloud())
+    built: list[int] = []
+    build = h.node._markers
+    h.node._markers = lambda header, grasps: built.append(1) or build(header, grasps)
+    published: list[Any] = []
+    publish = h.node._pub_markers.publish
+    h.node._pub_markers.publish = lambda msg: published.append(1) or publish(msg)
+    h.send(box_cloud(), header(1))
     assert wait_for(lambda: len(h.inbox["wrists"]) == 1 and len(h.inbox["joints"]) == 1)
+    assert h.node.wait_idle(5.0)
     assert h.node._pub_markers.get_subscription_count() == 0
+    assert not built and not published, "markers must not be built without a subscriber"
+    late: list[Any] = []
+    h.peer.create_subscription(MarkerArray, "grasps/markers", late.append,
+                               QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    assert wait_for(lambda: h.node._pub_markers.get_subscription_count() == 1)
+    h.send(box_cloud(), header(2))
+    assert wait_for(lambda: len(late) == 1)
+    assert built == [1] and published == [1] and late[0].markers[1].header.stamp.sec == 2
 
 
 def test_on_demand_service(harness, checkpoint) -> None:
@@ -273,6 +289,104 @@ def test_bad_clouds_are_counted_and_survived(harness, checkpoint) -> None:
     snap = h.node.diagnostics_snapshot()
     assert snap.level == 0 and snap.values["clouds_received"] == 6 and snap.values["generations"] == 1
     assert wait_for(lambda: any(d["bad_clouds"] == "5" for d in h.inbox["diagnostics"]), 3.0)
+
+
+def test_implausible_clouds_are_refused_naming_the_check(harness, checkpoint) -> None:
+    """A speck, a wall, aliased x/y/z fields and a frameless cloud get no grasps, each with its reason."""
+    h = harness({"model": str(checkpoint), "max_rate_hz": 0.0, "qos": "reliable", "max_extent": 0.8})
+    rng = np.random.default_rng(0)
+    speck = (0.5 + 0.002 * rng.random((500, 3))).astype(np.float32)  # 2 mm across
+    wall = np.column_stack([rng.uniform(-1.5, 1.5, 2000), rng.uniform(-1.0, 1.0, 2000),
+                            np.full(2000, 2.0)]).astype(np.float32)  # 3 m x 2 m
+    aliased = create_cloud(header(3), [PointField(name=c, offset=o, datatype=PointField.FLOAT32, count=1)
+                                       for c, o in (("x", 0), ("y", 2), ("z", 4))],
+                           np.zeros((0, 3), np.float32))
+    aliased.width, aliased.point_step, aliased.row_step = 500, 8, 4000
+    aliased.data = box_cloud(1000).tobytes()[:4000]
+    cases = [(speck, header(1), "min_extent"), (wall, header(2), "max_extent 0.8"), (aliased, None, "overlap"),
+             (box_cloud(), header(4, frame=""), "frame_id")]
+    for i, (cloud, hdr, reason) in enumerate(cases, 1):
+        h.send(cloud, hdr)
+        assert wait_for(lambda: h.node.diagnostics_snapshot().values["bad_clouds"] == i), (reason, h.node.diagnostics_snapshot())
+        assert reason in h.node.diagnostics_snapshot().values["last_error"]
+    assert h.node.wait_idle(5.0) and not h.inbox["wrists"], "an implausible cloud must get no grasps"
+    h.send(box_cloud(), header(9))
+    assert wait_for(lambda: len(h.inbox["wrists"]) == 1) and h.inbox["wrists"][0].header.stamp.sec == 9
+
+
+@pytest.mark.parametrize("qos", ["default", "sensor_data"])
+def test_full_resolution_cloud_from_another_process(harness, checkpoint, qos) -> None:
+    """A camera process publishes 1280 x 720 organized clouds (x, y, z, rgb: 14.7 MB) reliably: the
+    default QoS receives them; best effort loses them whole (one lost fragment loses the cloud), and
+    the node says so with the fix. (In one process Fast DDS delivers without the transport: the
+    publisher must be another process.)"""
+    params = {"model": str(checkpoint), "max_rate_hz": 0.0, "num_grasps": 2} | ({"qos": qos} if qos != "default" else {})
+    h = harness(params)
+    warnings: list[str] = []
+    h.node._input._warn = warnings.append
+    env = dict(os.environ, ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
+    camera = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "bench_cloud_transport.py"), "--role", "pub",
+                               "--qos", "reliable", "--size", "1280x720", "--topic", f"{h.ns}/points", "--clouds", "3",
+                               "--rate", "2", "--domain-id", str(DOMAIN_ID)], env=env, cwd=str(REPO))
+    try:
+        if qos == "default":
+            assert h.node.params.qos == "reliable"
+            assert wait_for(lambda: len(h.inbox["wrists"]) >= 1, 45.0), h.node.diagnostics_snapshot()
+            assert len(h.inbox["wrists"][0].poses) == 2 and not warnings
+        else:
+            assert wait_for(lambda: warnings, 45.0), "best effort must say that clouds are lost"
+            assert "qos:=reliable" in warnings[0], warnings
+            assert h.node.diagnostics_snapshot().values["clouds_received"] < 3
+    finally:
+        camera.wait(timeout=60)
+
+
+def test_unreceivable_publisher_is_reported(harness, checkpoint) -> None:
+    """A best-effort publisher cannot reach the reliable subscription: one warning naming the fix, counted."""
+    from rclpy.qos import qos_profile_sensor_data
+
+    h = harness({"model": str(checkpoint), "max_rate_hz": 0.0})
+    warnings: list[str] = []
+    h.node._input._warn = warnings.append
+    best_effort = h.peer.create_publisher(PointCloud2, "points", qos_profile_sensor_data)
+    assert wait_for(lambda: h.node.diagnostics_snapshot().values["incompatible_publishers"] >= 1)
+    best_effort.publish(create_cloud_xyz32(header(1), box_cloud()))
+    time.sleep(0.3)
+    assert len(warnings) == 1 and "RELIABILITY" in warnings[0] and "qos:=sensor_data" in warnings[0], warnings
+    assert h.node.diagnostics_snapshot().values["clouds_received"] == 0
+
+
+def test_cloud_input_monitor_warns_once_per_kind(monkeypatch) -> None:
+    from dvqvae_ros import cloud_input
+
+    clock = [100.0]
+    monkeypatch.setattr(cloud_input.time, "monotonic", lambda: clock[0])
+    warnings: list[str] = []
+    mon = cloud_input.CloudInputMonitor("sensor_data", lambda: "/points", warnings.append)
+    mon.check(publishers=1)
+    clock[0] += cloud_input.SILENCE_WARN_S - 1
+    mon.check(publishers=1)
+    assert not warnings
+    clock[0] += 2
+    mon.check(publishers=1)
+    mon.check(publishers=1)
+    assert len(warnings) == 1 and "no cloud has arrived" in warnings[0] and "qos:=reliable" in warnings[0]
+    for total in (1, 5):
+        mon._on_lost(SimpleNamespace(total_count=total, total_count_change=1))
+    assert mon.lost == 5 and len(warnings) == 2 and "lost in transport" in warnings[1]
+    quiet = cloud_input.CloudInputMonitor("reliable", lambda: "/points", warnings.append)
+    quiet.check(publishers=1)
+    quiet.cloud_arrived()
+    clock[0] += 60
+    quiet.check(publishers=1)
+    assert len(warnings) == 2, "a publisher whose clouds arrive is not reported"
+    gid = {"data": b"\x01" * 16}
+    for seq in (1, 2, 5, 6, 10):  # 3, 4 and 7..9 never reached the callback
+        quiet.cloud_arrived({"publication_sequence_number": seq, "publisher_gid": gid})
+    quiet.cloud_arrived({"publication_sequence_number": 1, "publisher_gid": {"data": b"\x02" * 16}})  # another one
+    assert quiet.skipped == 5 and len(warnings) == 3 and "never reached the node" in warnings[2]
 
 
 def test_input_options_reach_the_generator(harness, checkpoint) -> None:
@@ -389,6 +503,121 @@ def test_rate_limit(harness) -> None:
     assert values["clouds_received"] >= min(sent, 10), (sent, values)
 
 
+def test_waiting_call_gets_the_newer_clouds_result(harness) -> None:
+    """A ~/generate call waiting behind a busy worker, whose job a newer cloud replaces, is answered with
+    that cloud's result (not left to wait out its timeout)."""
+    fake = FakeGenerator(delay=0.8)
+    h = harness({"model": "unused", "max_rate_hz": 0.0, "qos": "reliable"}, generator_factory=lambda p: fake)
+    h.send(box_cloud(), header(1, "first"))
+    assert wait_for(lambda: len(fake.calls) == 2)  # warm-up + cloud 1: the worker is busy for 0.8 s
+    assert h.client.wait_for_service(timeout_sec=WAIT_S)
+    future = h.client.call_async(Trigger.Request())  # its job (the latest cloud, "first") waits in the slot
+    assert wait_for(lambda: h.node._worker._slot is not None and h.node._worker._slot[0].replies, 5.0)
+    h.send(box_cloud(), header(2, "second"))  # replaces the waiting job
+    assert wait_for(future.done, 5.0), "the call must be answered by the newer cloud's generation"
+    reply = future.result()
+    assert reply.success and "frame 'second'" in reply.message, reply.message
+    assert h.node.diagnostics_snapshot().values["clouds_dropped"] == 1
+
+
+def test_pending_calls_answered_at_shutdown(ctx) -> None:
+    """Shutdown (what SIGINT triggers in main) answers a waiting ~/generate call before the node goes."""
+    from rclpy.executors import MultiThreadedExecutor
+
+    from dvqvae_ros.spin import ShutdownSignals, spin_until_shutdown
+
+    node_ctx = Context()  # spin_until_shutdown shuts its context down: not the module's
+    rclpy_init(node_ctx)
+    ns = f"/q{uuid.uuid4().hex[:8]}"
+    fake = FakeGenerator(delay=2.0)
+    node = GraspGeneratorNode(context=node_ctx, namespace=ns, generator_factory=lambda p: fake,
+                              parameter_overrides=[Parameter("model", value="unused"),
+                                                   Parameter("max_rate_hz", value=0.0),
+                                                   Parameter("qos", value="reliable")])
+    signals = ShutdownSignals()  # not installed: the test plays the signal
+    spin = threading.Thread(target=spin_until_shutdown,
+                            args=(node, MultiThreadedExecutor(num_threads=3, context=node_ctx), signals))
+    spin.start()
+    peer = Node("shutdown_peer", context=ctx, namespace=ns)
+    pub = peer.create_publisher(PointCloud2, "points", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE))
+    client = peer.create_client(Trigger, f"{ns}/grasp_generator/generate")
+    spinner = Spinner(ctx, peer)
+    try:
+        assert wait_for(lambda: pub.get_subscription_count() >= 1) and client.wait_for_service(timeout_sec=WAIT_S)
+        pub.publish(create_cloud_xyz32(header(1), box_cloud()))
+        assert wait_for(lambda: len(fake.calls) == 2)  # the worker is busy for 2 s
+        future = client.call_async(Trigger.Request())
+        assert wait_for(lambda: node._worker._slot is not None and node._worker._slot[0].replies, 5.0)
+        t0 = time.monotonic()
+        signals.requested.set()  # = SIGINT
+        assert wait_for(future.done, 5.0), "a pending call must be answered at shutdown"
+        reply = future.result()
+        assert not reply.success and "shutting down" in reply.message
+        assert time.monotonic() - t0 < 1.5, "answered at once, not after the running generation"
+        spin.join(15.0)
+        assert not spin.is_alive() and not node_ctx.ok()
+    finally:
+        signals.requested.set()
+        spin.join(15.0)
+        spinner.close()
+        rclpy_shutdown(node_ctx)
+
+
+def test_sigint_twice_under_load_exits_quietly(ctx, checkpoint) -> None:
+    """SIGINT while clouds flood in and grasps and meshes are being published, then SIGINT again (as
+    ros2 launch may send): exit code 0, no traceback, no RCLError, no KeyboardInterrupt."""
+    ns = f"/k{uuid.uuid4().hex[:8]}"
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "dvqvae_ros.grasp_node", "--ros-args", "-r", f"__ns:={ns}",
+           "-p", f"model:={checkpoint}", "-p", "num_grasps:=16", "-p", "qos:=reliable", "-p", "max_rate_hz:=0.0"]
+    proc = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peer = Node("sig_peer", context=ctx, namespace=ns)
+    got: list[Any] = []
+    reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+    peer.create_subscription(PoseArray, "grasps/wrist_poses", got.append, reliable)
+    peer.create_subscription(MarkerArray, "grasps/markers", lambda m: None, reliable, raw=True)
+    pub = peer.create_publisher(PointCloud2, "points", reliable)
+    spinner = Spinner(ctx, peer)
+    cloud = create_cloud_xyz32(header(5), box_cloud())
+    try:
+        deadline = time.monotonic() + 60.0
+        while len(got) < 5 and time.monotonic() < deadline and proc.poll() is None:
+            if pub.get_subscription_count() > 0:
+                pub.publish(cloud)
+            time.sleep(0.02)
+        assert len(got) >= 5, f"the node did not answer; output:\n{_drain(proc)}"
+        for _ in range(10):  # keep it busy publishing while the signal lands
+            pub.publish(cloud)
+            time.sleep(0.01)
+        proc.send_signal(2)
+        time.sleep(0.2)
+        if proc.poll() is None:
+            proc.send_signal(2)
+        rc = proc.wait(timeout=20)
+        text = proc.communicate(timeout=5)[0] or ""
+        assert rc == 0, text
+        for bad in ("Traceback", "RCLError", "KeyboardInterrupt", "generation failed"):
+            assert bad not in text, text
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=5)
+        spinner.close()
+
+
+def rclpy_init(context: Context) -> None:
+    import rclpy
+
+    rclpy.init(context=context, domain_id=DOMAIN_ID)
+
+
+def rclpy_shutdown(context: Context) -> None:
+    import rclpy
+
+    rclpy.try_shutdown(context=context)
+
+
 def test_latest_only_worker_unit() -> None:
     started: list[tuple[int, float]] = []
     gate = threading.Event()
@@ -435,6 +664,8 @@ def test_startup_errors_are_clear(ctx, checkpoint, monkeypatch) -> None:
         node.destroy_node()
         raise AssertionError("the node should not have started")
 
+    with pytest.raises(ParameterError, match="min_extent .* must be < max_extent"):
+        make(min_extent=0.5, max_extent=0.2)
     with pytest.raises(ParameterError) as err:
         make(num_grasps=0, backend="warp")
     assert "num_grasps: must be an integer in [1, 256], got 0" in str(err.value) and "backend" in str(err.value)
@@ -447,11 +678,30 @@ def test_startup_errors_are_clear(ctx, checkpoint, monkeypatch) -> None:
             make(model=str(checkpoint), backend="tensorrt")
     with pytest.raises(StartupError, match="not a directory"):
         make(model=str(checkpoint / "missing"))
+    other = _other_hand_pickle(checkpoint.parent.parent / f"hand{uuid.uuid4().hex[:6]}")
+    with pytest.raises(StartupError, match=f"trained for hand {load_hand_model('standin').fingerprint} but hand "
+                                           f"model [0-9a-f]+ was given"):
+        make(model=str(checkpoint), hand_model=str(other))
     with pytest.raises(StartupError, match="cannot load model"):
         make(model=str(checkpoint.parent))  # a directory, but not a checkpoint
     if not torch.cuda.is_available():
         with pytest.raises(StartupError, match="CUDA is not available"):
             make(model=str(checkpoint), device="cuda")
+
+
+def _other_hand_pickle(folder: Path) -> Path:
+    """A valid MANO-layout pickle that is not the stand-in (template 5 % larger): another fingerprint."""
+    import pickle
+
+    from dvqvae_model.hand.hand_model import resolve_hand_path
+    from dvqvae_model.hand.mano_pickle import load_mano_arrays
+
+    arrays = {k: np.asarray(v) for k, v in load_mano_arrays(resolve_hand_path("standin")).items()}
+    arrays["v_template"] = arrays["v_template"] * 1.05
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "MANO_RIGHT.pkl"
+    path.write_bytes(pickle.dumps(arrays, protocol=2))
+    return path
 
 
 def test_backend_parameter_selects_a_library_backend(ctx, checkpoint, tmp_path, monkeypatch) -> None:
@@ -511,6 +761,21 @@ def test_cross_process_bad_parameters_exit_clearly() -> None:
     assert out.returncode == 2
     text = out.stdout + out.stderr
     assert "num_grasps: must be an integer in [1, 256], got 0" in text and "mode: must be one of" in text
+
+
+def test_malicious_hand_pickle_is_a_clear_fatal(tmp_path) -> None:
+    """hand_model:= a pickle that would run code: refused before anything runs, one FATAL line, rc 2."""
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "MANO_RIGHT.pkl"
+    evil.write_bytes(b"cos\nsystem\n(S'touch " + str(marker).encode() + b"'\ntR.")
+    env = dict(os.environ, ROS_DOMAIN_ID=str(DOMAIN_ID), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, "-m", "dvqvae_ros.grasp_node", "--ros-args", "-p", f"hand_model:={evil}"]
+    out = subprocess.run(cmd, env=env, cwd=str(REPO), capture_output=True, text=True, timeout=60)
+    text = out.stdout + out.stderr
+    assert out.returncode == 2, text
+    assert "Traceback" not in text and "FATAL" in text and "refusing to load global" in text, text
+    assert not marker.exists()
 
 
 def _drain(proc: subprocess.Popen) -> str:

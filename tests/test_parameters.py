@@ -30,7 +30,7 @@ def test_defaults_are_valid() -> None:
     p = check_parameters(GraspNodeParameters, {})
     assert p == GraspNodeParameters()
     assert (p.model, p.hand_model, p.backend, p.device, p.qos, p.mode) == (
-        "default", "standin", "auto", "cpu", "sensor_data", "continuous")
+        "default", "standin", "auto", "cpu", "reliable", "continuous")
     assert 1 <= p.num_grasps <= 256 and p.seed == -1 and p.crop_box == ()
     assert check_parameters(FakeCameraParameters, {}) == FakeCameraParameters()
 

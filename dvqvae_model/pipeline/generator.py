@@ -28,6 +28,10 @@ from dvqvae_model.pipeline.refine import RefineConfig, refine_grasps
 from dvqvae_model.nets.sampling_graph import CVAESamplingGraph, SamplingGraph, ScoreWeights
 
 MIN_INPUT_POINTS = 64
+# Largest side of an object's bounding box a human hand can grasp: a 2 mm speck or a 3 m wall is
+# refused by preprocessing (CloudError naming min_extent / max_extent) instead of getting grasps.
+MIN_OBJECT_EXTENT = 0.01
+MAX_OBJECT_EXTENT = 1.0
 # joints[j] = keypoints[JOINTS_FROM_KEYPOINTS[j]]: the 16 MANO joints are a subset of the 21 keypoints.
 JOINTS_FROM_KEYPOINTS: tuple[int, ...] = tuple(KEYPOINT_SOURCE.index(j) for j in range(16))
 
@@ -80,6 +84,8 @@ class GraspGenerator:
         crop_radius: Optional[float] = None,
         remove_outliers: bool = True,
         min_points: int = MIN_INPUT_POINTS,
+        min_extent: float = MIN_OBJECT_EXTENT,
+        max_extent: float = MAX_OBJECT_EXTENT,
         backend: Union[str, InferenceBackend] = "eager",
         backend_options: Optional[dict[str, Any]] = None,
     ) -> None:
@@ -108,6 +114,8 @@ class GraspGenerator:
             remove_outliers=remove_outliers,
             sampling=sampling,
             min_points=max(MIN_INPUT_POINTS, int(min_points)),
+            min_extent=float(min_extent),
+            max_extent=float(max_extent),
         )
         self.faces = hand.faces.detach().cpu().numpy().astype(np.int64)
         self._graphs: dict[Optional[int], nn.Module] = {}

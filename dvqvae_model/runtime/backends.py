@@ -79,7 +79,7 @@ from dvqvae_model.runtime.artifacts import (
 )
 from dvqvae_model.runtime.build import build_artifact, build_options
 from dvqvae_model.runtime.exportable import ExportableGraph, as_exportable
-from dvqvae_model.runtime.parity import _temperature, probe_points
+from dvqvae_model.runtime.parity import _temperature, check_parity, probe_points
 from dvqvae_model.runtime.runners import (
     load_onnx_runner,
     load_tensorrt_runner,
@@ -245,7 +245,9 @@ _BACKEND_CLASSES: dict[str, type[ArtifactBackend]] = {
 }
 
 
-def _open(fmt: str, directory: Path, meta: dict, device: Union[str, torch.device, None]) -> _Loaded:
+def _open(fmt: str, directory: Path, meta: dict, device: Union[str, torch.device, None],
+          source: Optional[ExportableGraph] = None) -> _Loaded:
+    """Load the artifact's runner; with ``source``, first check it against eager (``parity.check_parity``)."""
     path = _verify_file(directory, meta)
     if fmt == "torchscript":
         runner = load_torchscript_runner(path)
@@ -254,6 +256,8 @@ def _open(fmt: str, directory: Path, meta: dict, device: Union[str, torch.device
     else:
         precision = str(meta["artifact"].get("precision", "fp32"))
         runner = load_tensorrt_runner(path, device or "cuda", half_io=precision == "fp16-half")
+    if source is not None:
+        check_parity(source, runner, meta, directory)
     return _Loaded(runner=runner, meta=meta, path=directory)
 
 
@@ -291,7 +295,7 @@ def load_artifact(path: Union[str, Path], source: ExportableGraph, *, expected_f
             f"refusing {fmt} artifact {directory}: " + "; ".join(problems)
             + ". Re-export it for this model and runtime (dvqvae-export --checkpoint CKPT --format "
             + f"{fmt} --out {directory}), or omit the artifact path to build one in the cache")
-    loaded = _open(fmt, directory, meta, dev)
+    loaded = _open(fmt, directory, meta, dev, source)
     max_grasps = int(meta["artifact"].get("max_grasps", 0)) or None if fmt == "tensorrt" else None
     return _BACKEND_CLASSES[fmt](source, {top_k: loaded}, mode="explicit", max_grasps=max_grasps)
 
@@ -316,7 +320,7 @@ def cached_artifact(source: ExportableGraph, fmt: str, *, top_k: Optional[int] =
             if meta.get("artifact", {}).get("precision", "fp32").startswith("fp16") != bool(fp16):
                 problems.append("precision differs")
             if not problems:
-                return _open(fmt, directory, meta, dev)
+                return _open(fmt, directory, meta, dev, source)
             log.warning("cached %s artifact %s is stale (%s): rebuilding", fmt, directory, "; ".join(problems))
         except ArtifactMismatch as e:
             log.warning("cached %s artifact %s is unusable (%s): rebuilding", fmt, directory, e)

@@ -1,6 +1,7 @@
 """Probe inputs and the parity check of a runner against the eager sampling graph."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
@@ -8,8 +9,11 @@ import torch
 from torch import Tensor
 
 from dvqvae_model.runtime.artifacts import (
+    FP16_TOLERANCE_M,
     OUTPUT_NAMES,
+    PARITY_TOLERANCE_M,
     VERIFY_GRASPS,
+    ArtifactMismatch,
     BackendError,
     GraphOutputs,
     Runner,
@@ -77,3 +81,30 @@ def verify_runner(source: ExportableGraph, runner: Runner, top_k: Optional[int],
             "max_vertex_error_m": worst["vertices"]}
 
 
+def check_parity(source: ExportableGraph, runner: Runner, meta: dict, directory: Path) -> float:
+    """One quick run (K = 2) of a loaded artifact and the eager graph on the same probe cloud and noise.
+
+    Hashes catch accidents, not tampering: a file swapped together with a re-synced sidecar hash
+    passes them. This check does not: the artifact must compute this model. One small eager and
+    one artifact call, once per artifact and process. Returns the max vertex error (m); raises
+    ``ArtifactMismatch`` beyond the tolerance of the artifact's precision.
+    """
+    precision = str(meta["artifact"].get("precision", "fp32"))
+    tol = FP16_TOLERANCE_M if precision.startswith("fp16") else PARITY_TOLERANCE_M
+    temp_shape = tuple(int(d) for d in next((i["shape"] for i in meta.get("io", {}).get("inputs", [])
+                                             if i.get("name") == "temperature"), []))
+    try:
+        report = verify_runner(source, runner, meta["graph"].get("top_k"), ks=(2,),
+                               temperature_shape=temp_shape, seed=97)
+    except BackendError as exc:
+        raise ArtifactMismatch(f"{directory}: parity check failed: {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a swapped file may fail in any way when run
+        raise ArtifactMismatch(f"{directory}: parity check failed: the artifact does not run on the probe "
+                               f"cloud ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    err = float(report["max_vertex_error_m"])
+    if not err <= tol:  # also NaN
+        raise ArtifactMismatch(
+            f"{directory}: parity check failed: its hands differ from the model's by {1e3 * err:.3g} mm "
+            f"(> {1e3 * tol:g} mm): the artifact does not compute this checkpoint (replaced with its hashes "
+            "re-synced?); re-export it")
+    return err
