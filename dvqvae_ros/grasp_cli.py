@@ -24,7 +24,11 @@ from typing import Optional, Sequence
 
 from dvqvae_ros.grasp_files import format_quality, load_object_cloud, quick_quality, resolve_model, write_grasp_files
 
-__all__ = ["CliError", "main"]
+__all__ = ["CliError", "MAX_GRASPS", "main"]
+
+# The node's bound (dvqvae_ros.parameters.MAX_GRASPS, which this ROS-free path must not import:
+# tests/test_grasp_cli.py keeps the two equal).
+MAX_GRASPS = 256
 
 
 class CliError(Exception):
@@ -96,8 +100,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------------------- CLI
 def _max_grasps() -> int:
-    from dvqvae_ros.parameters import MAX_GRASPS  # the node's bound (a ROS-free module)
-
     return MAX_GRASPS
 
 

@@ -194,10 +194,30 @@ def test_generate_failures_are_one_line_errors(tmp_path: Path, checkpoint: Path)
         assert res.returncode == code, (extra, res.stderr)
     assert not marker.exists(), "the malicious pickle must never run"
     assert a_file.read_text() == "not a folder"
+    from dvqvae_ros.parameters import MAX_GRASPS
+
+    assert grasp_cli.MAX_GRASPS == MAX_GRASPS == 256, "the command and the node share one bound"
     for bound in ("0", "257", "100000"):
         res = _run_cli(base + ["--object", "mug", "--out", str(tmp_path / "o4"), "--num-grasps", bound])
         assert res.returncode == 2 and "Traceback" not in res.stderr and "[1, 256]" in res.stderr, res.stderr
     assert not any((tmp_path / f"o{i}").exists() for i in range(1, 5)), "a failed run must leave no output folder"
+
+
+@pytest.mark.parametrize("fault", [MemoryError(), RuntimeError(
+    "[enforce fail at alloc_cpu.cpp:121] data. DefaultCPUAllocator: not enough memory: you tried to allocate "
+    "5368709120 bytes.\nmore detail")])
+def test_allocation_failure_is_one_line(tmp_path: Path, checkpoint: Path, capsys, monkeypatch, fault) -> None:
+    """An allocation failure inside generation (injected: a real one kills the test process first) is one line."""
+    from dvqvae_model.pipeline.generator import GraspGenerator
+
+    def fail(*args, **kwargs):
+        raise fault
+
+    monkeypatch.setattr(GraspGenerator, "generate", fail)
+    rc = grasp_cli.main(["generate", "--object", "mug", "--out", str(tmp_path / "o"), "--model", str(checkpoint)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: out of memory") and not (tmp_path / "o").exists()
 
 
 def _limit_file_size(limit: int):
