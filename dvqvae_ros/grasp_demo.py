@@ -61,8 +61,10 @@ class _Listener:
         from sensor_msgs.msg import Image
 
         node.create_subscription(Image, "ground_truth/mask", self._on_truth, reliable)
-        types = {"grasps/markers": MarkerArray, "grasps/wrist_poses": PoseArray, "grasps/keypoints": PoseArray,
-                 "grasps/mano": Float32MultiArray, "grasps/joint_states": JointState}
+        # Light topics first: rclpy's executor serves ready subscriptions in creation order, one
+        # callback per spin, so the meshes created first would be handled before the poses.
+        types = {"grasps/wrist_poses": PoseArray, "grasps/keypoints": PoseArray, "grasps/mano": Float32MultiArray,
+                 "grasps/joint_states": JointState, "grasps/markers": MarkerArray}
         for topic, msg_type in types.items():
             # The hand meshes (~1 MB) are taken raw: turning them into Python objects here would hold up
             # every other callback (RViz, in C++, does not pay that); only their stamp is read.
@@ -165,7 +167,7 @@ def segmentation_ious(clouds: dict[int, np.ndarray], truth: dict[int, np.ndarray
 
 def cmd_demo(args: argparse.Namespace) -> int:
     import rclpy
-    from rclpy.executors import MultiThreadedExecutor
+    from rclpy.executors import SingleThreadedExecutor
 
     from dvqvae_model.hand.hand_model import load_hand_model
     from dvqvae_model.sim.sample_objects import load_object
@@ -202,7 +204,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rclpy.init(args=[])
     node = rclpy.create_node("dvqvae_demo_listener")
     listener = _Listener(node)
-    executor = MultiThreadedExecutor(num_threads=2)
+    executor = SingleThreadedExecutor()
     executor.add_node(node)
     deadline = time.monotonic() + args.timeout
     try:
