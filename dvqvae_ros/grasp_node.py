@@ -398,7 +398,7 @@ class GraspGeneratorNode(Node):
             self._stats.clouds_received += 1
         if not msg.header.frame_id.strip():
             self._record_error("bad cloud: empty header.frame_id: the grasps would be in no frame "
-                               "(set the frame of the camera's optical frame)", bad_cloud=True)
+                               "(set it to the camera's optical frame)", bad_cloud=True)
             return
         try:
             points = read_xyz(msg)
