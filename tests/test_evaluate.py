@@ -96,3 +96,32 @@ def test_eval_cli_on_a_mesh_folder(trained, tmp_path, capsys):
     assert "| DVQ |" in capsys.readouterr().out
     assert eval_main(["--meshes", str(folder), "--model", "data", "--out", str(tmp_path / "o2")]) == 2
     assert np.isfinite(report["models"][0]["summary"]["penetration_cm3"])
+
+
+def test_breakdown_splits_the_error(trained, hand, tmp_path, capsys):
+    from dvqvae_training.evaluate.breakdown import BreakdownConfig, breakdown
+
+    root, dvq, _ = trained
+    rep = breakdown(dvq, root, "test", BreakdownConfig(grasps_per_object=2, max_objects=2, pitch_mm=5.0), hand=hand)
+    m = rep["modes"]
+    assert rep["num_grasps"] == 4 and set(m) == {"data", "reconstruction", "continuous", "posture_only",
+                                                 "position_only", "sampled"}
+    assert m["data"]["vertex_err_mm"] == 0.0 and m["reconstruction"]["vertex_err_mm"] > 1.0
+    assert m["posture_only"]["orient_err_deg"] == 0.0 and m["posture_only"]["transl_err_mm"] == 0.0
+    assert m["position_only"]["posture_rmse"] == 0.0
+    assert m["position_only"]["transl_err_mm"] == pytest.approx(m["reconstruction"]["transl_err_mm"])
+    assert "orient_err_deg" not in m["sampled"] and m["sampled"]["vertex_err_mm"] > 0
+    for mode in m.values():
+        assert 0.0 <= mode["penetration_cm3"] < 2000.0 and 0.0 <= mode["contact_pct"] <= 100.0
+    books = rep["codebooks"]
+    assert [b["codebook"] for b in books] == ["object", "thumb", "index", "middle", "ring", "pinky", "palm"]
+    for b in books:
+        assert 1 <= b["encoded_used"] <= 4 and 1.0 <= b["encoded_perplexity"] <= 4.0 + 1e-9
+    assert math.isfinite(rep["prior"]["nll"]) and rep["prior"]["uniform_nll"] == pytest.approx(math.log(128))
+
+    out = tmp_path / "bd"
+    assert eval_main(["--breakdown", "--data", str(root), "--model", str(dvq), "--num-grasps", "2",
+                      "--max-objects", "1", "--pitch-mm", "5", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads((out / "breakdown.json").read_text())["num_grasps"] == 2
+    assert "| reconstruction |" in capsys.readouterr().out
+    assert eval_main(["--breakdown", "--meshes", str(tmp_path), "--model", str(dvq)]) == 2  # needs --data

@@ -141,3 +141,22 @@ def test_kl_and_weights_roundtrip() -> None:
     assert LossWeights().lambda_m > 0  # paper's -50 on a maximised ratio == +50 on 1 - ratio
     with pytest.raises(ValueError):
         LossWeights.from_dict({"lambda_x": 1.0})
+
+
+def test_loss_points_subset_estimates_the_full_terms() -> None:
+    """``loss_points`` uses the first points only: on a cloud that is two copies of one set, the first copy
+    gives exactly the full mean-type terms and (scaled by N/n) the full penetration sum."""
+    torch.manual_seed(1)
+    hand, faces = sphere(0.03, (0.0, 0.0, 0.0))
+    half = cloud(200, 0.025, (0.01, 0.0, 0.0))  # partly inside the hand sphere: penetration > 0
+    obj = torch.cat([half, half], dim=1)
+    params = torch.zeros(1, 61)
+    contact_ids = torch.arange(0, hand.shape[1], 3)
+    gt = hand + torch.tensor([0.004, 0.0, 0.0])
+    full = grasp_losses(obj, params, hand, params, gt, faces, contact_ids)
+    sub = grasp_losses(obj, params, hand, params, gt, faces, contact_ids, loss_points=200)
+    assert full["penetration"].item() > 0 and full["contact"].item() > 0
+    for k in ("contact", "consistency", "penetration", "vertex", "total"):
+        assert sub[k].item() == pytest.approx(full[k].item(), rel=1e-5), k
+    assert grasp_losses(obj, params, hand, params, gt, faces, contact_ids, loss_points=400)["total"].item() == \
+        pytest.approx(full["total"].item(), rel=1e-6)

@@ -153,6 +153,7 @@ def test_cli_passes_the_contact_options(tmp_path):
     assert (main_cfg.contact_scale, main_cfg.contact_warmup) == (0.02, 0.4)
     default, _ = configs(build_parser().parse_args(["dvqvae", "--data", str(tmp_path)]))
     assert (default.contact_scale, default.contact_warmup) == (1.0, 0.3)
+    assert (default.loss_points, default.num_threads) == (256, 1)  # the measured fast settings (bench_train.py)
     assert train_main(["dvqvae", "--data", str(tmp_path), "--contact-warmup", "2"]) == 2
 
 
@@ -179,8 +180,10 @@ def test_a_few_steps_decrease_the_loss(data_root, hand, tmp_path):
     assert res.metrics["vertex_err_mm"] > 0 and 0.0 <= res.metrics["contact_ratio"] <= 1.0
 
 
-def test_kill_and_resume_equals_uninterrupted_run(data_root, hand, tmp_path):
+@pytest.mark.parametrize("loss_points", [0, 48])  # 48 of the 128 points: the subset is part of the replay
+def test_kill_and_resume_equals_uninterrupted_run(data_root, hand, tmp_path, loss_points):
     # 12 training grasps, batch 4: 3 steps per epoch, so the resumed part crosses an epoch end (validation).
+    cfg = lambda *a, **kw: globals()["cfg"](*a, loss_points=loss_points, **kw)  # noqa: E731
     straight = train_dvqvae(cfg(data_root, tmp_path / "a", max_steps=4), hand=hand)
     assert straight.stop_reason == "max_steps" and straight.step == 4 and not straight.finished
 

@@ -99,8 +99,9 @@ class GraspCVAE(nn.Module):
                              canonical_vertices=out.vertices)
 
     def forward(self, obj_points: Tensor, hand_params: Tensor, noise: Tensor | None = None,
-                compute_losses: bool = True) -> CVAEOutput:
-        """Training pass. ``noise[B, latent]`` (reparameterisation) is drawn if not given."""
+                compute_losses: bool = True, loss_points: int = 0) -> CVAEOutput:
+        """Training pass. ``noise[B, latent]`` (reparameterisation) is drawn if not given;
+        ``loss_points`` as in ``DVQVAE.forward``."""
         gt = self.hand.from_params(hand_params)
         obj_feature = self.encode_object(obj_points)
         mu, logvar = self.encode(obj_feature, gt.vertices)
@@ -112,7 +113,8 @@ class GraspCVAE(nn.Module):
         if compute_losses:
             losses = grasp_losses(obj_points, decoding.params, decoding.vertices, hand_params, gt.vertices,
                                   self.hand.faces, self.contact_ids, self.cfg.loss_weights,
-                                  joint_limits=self.joint_limits, extra={"kl": kl_divergence(mu, logvar)})
+                                  joint_limits=self.joint_limits, extra={"kl": kl_divergence(mu, logvar)},
+                                  loss_points=loss_points)
         return CVAEOutput(decoding=decoding, mu=mu, logvar=logvar, losses=losses)
 
     def sample(self, obj_points: Tensor, noise: Tensor) -> GraspDecoding:

@@ -329,8 +329,11 @@ class DVQVAE(nn.Module):
         )
 
     # ------------------------------------------------------------------------------- training
-    def forward(self, obj_points: Tensor, hand_params: Tensor, compute_losses: bool = True) -> DVQVAEOutput:
-        """Reconstruct GT grasps through the codebooks; returns decodings, tokens, losses and usage."""
+    def forward(self, obj_points: Tensor, hand_params: Tensor, compute_losses: bool = True,
+                loss_points: int = 0) -> DVQVAEOutput:
+        """Reconstruct GT grasps through the codebooks; returns decodings, tokens, losses and usage.
+
+        ``loss_points``: contact terms on that many object points only (see ``losses.grasp_losses``)."""
         gt = self.hand.from_params(hand_params)
         centred = gt.vertices - gt.vertices.mean(dim=1, keepdim=True)
         z_hand = self.encode_hand(centred)
@@ -343,7 +346,8 @@ class DVQVAE(nn.Module):
         if compute_losses:
             losses = grasp_losses(obj_points, decoding.params, decoding.vertices, hand_params, gt.vertices,
                                   self.hand.faces, self.contact_ids, self.cfg.loss_weights,
-                                  joint_limits=self.joint_limits, extra={"embedding": hq.loss + oq.loss})
+                                  joint_limits=self.joint_limits, extra={"embedding": hq.loss + oq.loss},
+                                  loss_points=loss_points)
         usage = {
             "perplexity": torch.cat([oq.perplexity, hq.perplexity]),
             "used_codes": torch.cat([oq.used_codes, hq.used_codes]),

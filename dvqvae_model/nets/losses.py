@@ -195,14 +195,24 @@ def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
 def grasp_losses(obj_points: Tensor, pred_params: Tensor, pred_vertices: Tensor, gt_params: Tensor,
                  gt_vertices: Tensor, faces: Tensor, contact_ids: Tensor,
                  weights: LossWeights | None = None, joint_limits: Tensor | None = None,
-                 extra: Mapping[str, Tensor] | None = None) -> dict[str, Tensor]:
+                 extra: Mapping[str, Tensor] | None = None, loss_points: int = 0) -> dict[str, Tensor]:
     """All reconstruction and contact terms for predicted vs GT grasps, plus weighted ``total``.
 
     ``obj_points[B, N, 3]``, params ``[B, 61]``, vertices ``[B, 778, 3]``, ``faces[F, 3]`` (for normals),
     ``contact_ids[C]`` (contact-prior vertices). ``extra`` adds named terms (e.g. ``embedding``, ``kl``)
     that are weighted by ``LossWeights.term_weights`` into ``total``.
+
+    ``loss_points`` (0 = all): the contact, consistency and penetration terms use only the first
+    ``loss_points`` object points, a training-time saving (the nearest-neighbour searches dominate a
+    CPU step). The caller must pass points in random order (training clouds are random resamples), so
+    the subset is a uniform sample: the mean-type terms stay unbiased estimates and the penetration sum
+    is scaled by ``N / loss_points`` to keep its magnitude.
     """
     w = weights or LossWeights()
+    n_all = obj_points.shape[1]
+    pen_scale = 1.0
+    if 0 < loss_points < n_all:
+        obj_points, pen_scale = obj_points[:, :loss_points], n_all / loss_points
     dev = pred_params.device
     post = torch.as_tensor(POSTURE_INDEX, device=dev)
     posi = torch.as_tensor(POSITION_INDEX, device=dev)
@@ -217,7 +227,7 @@ def grasp_losses(obj_points: Tensor, pred_params: Tensor, pred_vertices: Tensor,
     terms["contact"] = contact_loss(obj_points, pred_vertices[:, contact_ids], gt_d2, w.contact_threshold)
     terms["consistency"] = consistency_loss(pred_d2, gt_d2, w.cmap_scale_cm)
     normals = vertex_normals(pred_vertices, faces)
-    terms["penetration"] = penetration_loss(obj_points, pred_vertices, normals, pred_d2, pred_idx)
+    terms["penetration"] = penetration_loss(obj_points, pred_vertices, normals, pred_d2, pred_idx) * pen_scale
     if joint_limits is not None and w.lambda_limit != 0.0:
         terms["joint_limit"] = joint_limit_loss(pred_params[:, SLICE_HAND_POSE], joint_limits)
     if extra:

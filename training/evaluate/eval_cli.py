@@ -4,8 +4,11 @@
         --model DVQ-VAE=out/compact/checkpoint --model GraspCVAE=out/compact/cvae/checkpoint \\
         --model "DVQ-VAE+refine=out/compact/checkpoint,refine" --model data --out out/eval
     dvqvae-eval --meshes path/to/ho3d_models --model out/compact/checkpoint --num-grasps 100
+    dvqvae-eval --breakdown --data data/grasps --model dvqvae_model/assets/default_model --out out/breakdown
 
-Prints a Markdown table and writes ``results.json`` / ``results.md`` to ``--out``.
+Prints a Markdown table and writes ``results.json`` / ``results.md`` to ``--out``. ``--breakdown``
+splits one DVQ-VAE checkpoint's error instead (reconstruction vs sampling, posture vs position,
+codebook usage; see ``dvqvae_training.evaluate.breakdown``) into ``breakdown.json`` / ``breakdown.md``.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint to evaluate (repeatable); 'data' = the dataset's own grasps")
     p.add_argument("--out", default="out/eval")
     p.add_argument("--hand", default="standin")
-    p.add_argument("--num-grasps", type=int, default=100)
+    p.add_argument("--num-grasps", type=int, default=None, help="grasps per object (default 100; 5 with --breakdown)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -44,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clusters", type=int, default=20)
     p.add_argument("--num-points", type=int, default=3000, help="points sampled per mesh (--meshes)")
     p.add_argument("--units", default="auto", choices=("auto", "m", "cm", "mm"), help="mesh units (--meshes)")
-    p.add_argument("--max-objects", type=int, default=0)
+    p.add_argument("--max-objects", type=int, default=None, help="0 = all (default; 20 with --breakdown)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="error breakdown of one DVQ-VAE checkpoint on --data (reconstruction vs sampling, "
+                        "posture vs position, codebook usage)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-threads", type=int, default=0)
     p.add_argument("--vhacd-cache", default=None)
@@ -58,11 +64,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
 
         torch.set_num_threads(args.num_threads)
+    if args.breakdown:
+        return _breakdown(args)
     try:
         specs = [ModelSpec.parse(s) for s in args.model]
         labels = [s.label for s in specs]
         if len(set(labels)) != len(labels):
             raise ValueError(f"model labels must be unique, got {labels}")
+        args.num_grasps = 100 if args.num_grasps is None else args.num_grasps
+        args.max_objects = args.max_objects or 0
         cfg = EvalConfig(num_grasps=args.num_grasps, temperature=args.temperature, top_k=args.top_k, seed=args.seed,
                          pitch_mm=args.pitch_mm, simulate=not args.no_sim, clusters=args.clusters,
                          num_points=args.num_points, max_objects=args.max_objects, device=args.device,
@@ -80,6 +90,37 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(markdown_table(report))
     jpath, mpath = write_report(report, args.out)
     print(f"\nwrote {jpath} and {mpath}")
+    return 0
+
+
+def _breakdown(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from dvqvae_training.evaluate.breakdown import BreakdownConfig, breakdown, breakdown_markdown
+
+    try:
+        if not args.data:
+            raise ValueError("--breakdown needs --data (it compares the model with the dataset's grasps)")
+        if len(args.model) != 1 or ModelSpec.parse(args.model[0]).path is None:
+            raise ValueError("--breakdown takes exactly one --model checkpoint path")
+        cfg = BreakdownConfig(grasps_per_object=5 if args.num_grasps is None else args.num_grasps,
+                              max_objects=20 if args.max_objects is None else args.max_objects, seed=args.seed,
+                              pitch_mm=args.pitch_mm, temperature=args.temperature)
+        if cfg.grasps_per_object < 1:
+            raise ValueError("--num-grasps must be >= 1")
+        report = breakdown(ModelSpec.parse(args.model[0]).path, args.data, args.split, cfg, hand=args.hand,
+                           progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"dvqvae-eval: {e}", file=sys.stderr)
+        return 2
+    text = breakdown_markdown(report)
+    print(text)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "breakdown.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "breakdown.md").write_text("# Error breakdown\n\n" + text + "\n")
+    print(f"\nwrote {out / 'breakdown.json'} and {out / 'breakdown.md'}")
     return 0
 
 

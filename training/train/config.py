@@ -50,6 +50,10 @@ class TrainConfig:
     # first ``contact_warmup`` fraction of the run's steps (see ``contact_scale_at``).
     contact_scale: float = 1.0  # 1.0 = the paper's weights
     contact_warmup: float = 0.3  # fraction of all steps (epochs x batches per epoch); 0 = full scale from step 0
+    # Object points used by the contact / consistency / penetration terms in training steps (0 = all);
+    # validation always uses all. 256 of the compact preset's 1,024 points: the same validation loss per
+    # grasp seen, a cheaper step (benchmarks/bench_train.py, docs/model-card.md).
+    loss_points: int = 256
     # data
     rotate: bool = True  # uniform SO(3) augmentation of object + hand together
     translate: float = 0.0
@@ -78,6 +82,8 @@ class TrainConfig:
             raise ValueError(f"lr_milestones are fractions of the run in (0, 1], got {self.lr_milestones}")
         if not (math.isfinite(self.contact_scale) and self.contact_scale >= 0.0):
             raise ValueError(f"contact_scale must be a finite number >= 0, got {self.contact_scale}")
+        if self.loss_points < 0:
+            raise ValueError(f"loss_points must be >= 0 (0 = all points), got {self.loss_points}")
         if not 0.0 <= self.contact_warmup <= 1.0:
             raise ValueError(f"contact_warmup is a fraction of the run in [0, 1], got {self.contact_warmup}")
 
@@ -103,6 +109,7 @@ class PriorTrainConfig(TrainConfig):
     lr_milestones: tuple[float, ...] = ()
     grad_clip: float = 5.0  # spike guard; cross-entropy gradient norms are ~1
     contact_warmup: float = 0.0  # no contact terms in the prior's loss
+    loss_points: int = 0  # no contact terms (keeps prior states from before the field resumable)
     token_views: int = 4  # augmented passes over the training split when caching tokens
     save_every_steps: int = 500
     log_every_steps: int = 50
@@ -128,7 +135,7 @@ class TrainResult:
 CONTACT_TERMS = ("consistency", "contact", "penetration")  # the terms weighted by lambda_m, lambda_c, lambda_p
 # Values of fields added after version-1 states were first written, for states saved without them
 # (so an old run resumes only with the settings it was actually trained with).
-LEGACY_CONFIG = {"contact_scale": 1.0, "contact_warmup": 0.0}
+LEGACY_CONFIG = {"contact_scale": 1.0, "contact_warmup": 0.0, "loss_points": 0}
 
 
 def contact_scale_at(cfg: TrainConfig, step: int, total_steps: int) -> float:

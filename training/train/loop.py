@@ -38,6 +38,8 @@ from tqdm import tqdm
 
 from dvqvae_model.hand.hand_model import HandModel
 from dvqvae_model.io import atomic_write_bytes
+from dvqvae_training.train import distributed
+from dvqvae_training.train.tensorboard_log import TensorBoardMirror
 
 # =============================================================================== data
 
@@ -211,12 +213,18 @@ class _Mean:
 class RunLog:
     """JSON-lines log (every record) plus a CSV of epoch rows; trimmed to the state on resume."""
 
-    def __init__(self, stage_dir: Path) -> None:
+    def __init__(self, stage_dir: Path, enabled: bool = True) -> None:
         self.jsonl = Path(stage_dir) / "log.jsonl"
         self.csv = Path(stage_dir) / "log.csv"
+        self.enabled = enabled  # False on the non-main ranks of a distributed run
+        self.tensorboard = TensorBoardMirror(Path(stage_dir) / "tensorboard") if enabled else None
 
     def trim(self, step: int, epochs_done: int) -> None:
         """Drop records written after the state we resume from (they will be written again)."""
+        if not self.enabled:
+            return
+        if self.tensorboard is not None:
+            self.tensorboard.purge_after(step)
         if self.jsonl.is_file():
             keep = []
             for line in self.jsonl.read_text().splitlines():
@@ -248,6 +256,10 @@ class RunLog:
         atomic_write_bytes(self.csv, buf.getvalue().encode())
 
     def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        if self.tensorboard is not None:
+            self.tensorboard.write(record)
         self.jsonl.parent.mkdir(parents=True, exist_ok=True)
         with open(self.jsonl, "a") as f:
             f.write(json.dumps(record, sort_keys=True, default=float) + "\n")
@@ -319,7 +331,8 @@ class _Loop:
         self.forward, self.validate = forward, validate
         self.deadline, self.on_step = deadline, on_step
         self.describe = describe  # JSON facts stored in the state (configs, data info)
-        self.log = RunLog(self.stage_dir)
+        self.dist = distributed.current()
+        self.log = RunLog(self.stage_dir, enabled=self.dist.is_main)
         self.epoch = self.batch_in_epoch = self.step = 0
         self.finished = False
         self.elapsed = 0.0
@@ -343,7 +356,8 @@ class _Loop:
                 **self.describe}
 
     def save(self) -> None:
-        save_training_state(self.state_dir, self.modules, self.optimizer, self.meta())
+        if self.dist.is_main:  # ranks hold identical states (see dvqvae_training.train.distributed)
+            save_training_state(self.state_dir, self.modules, self.optimizer, self.meta())
 
     def restore(self) -> None:
         """Continue from the saved state (checked against the current config)."""
@@ -362,6 +376,12 @@ class _Loop:
 
     # ---------------------------------------------------------------- running
     def _stop_reason(self) -> Optional[str]:
+        reason = self._local_stop_reason()
+        if self.dist.enabled:  # every rank stops at the same step, for the most urgent reason of any
+            reason = self.dist.agree_on(reason, ("max_steps", "time_budget", "signal"))
+        return reason
+
+    def _local_stop_reason(self) -> Optional[str]:
         if StopOnSignals.signal is not None:
             return "signal"
         if self.cfg.max_steps and self.step >= self.cfg.max_steps:
@@ -423,7 +443,7 @@ class _Loop:
                     bar.close()
                 # epoch end: validate, log, save
                 self._train_mode(False)
-                self.metrics = self.validate()
+                self.metrics = self.validate() if self.dist.is_main else {}
                 self._train_mode(True)
                 self.elapsed = elapsed0 + time.monotonic() - t_start
                 record = {"kind": "epoch", "stage": self.stage, "epoch": self.epoch + 1, "step": self.step, "lr": lr,
@@ -443,7 +463,7 @@ class _Loop:
     def _train_step(self, batch: Any) -> dict[str, float]:
         loss, stats = self.forward(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        if not torch.isfinite(loss):
+        if self.dist.any_rank(not bool(torch.isfinite(loss))):  # all ranks skip together (DDP)
             # A non-finite loss would poison Adam's moments: skip the update, give up if it persists.
             self.bad_steps += 1
             if self.bad_steps > 20:
@@ -456,6 +476,8 @@ class _Loop:
         else:
             gn = torch.sqrt(sum((p.grad.detach() ** 2).sum() for p in self.params if p.grad is not None))
         self.optimizer.step()
+        for m in self.modules.values():  # no-op in one process
+            self.dist.sync_model(m)
         return dict(stats, grad_norm=float(gn))
 
 
@@ -492,6 +514,8 @@ def _prepare_state_dir(cfg: TrainConfig, stage_dir: Path) -> bool:
     if exists and not cfg.resume:
         raise FileExistsError(f"{stage_dir / 'state'} holds a training state: pass resume=True (--resume) "
                               "to continue it, or choose another out_dir")
+    if not distributed.current().is_main:
+        return exists
     if not exists and (stage_dir / "log.jsonl").exists():
         (stage_dir / "log.jsonl").unlink()  # a run that never saved a state: start its log afresh
         (stage_dir / "log.csv").unlink(missing_ok=True)

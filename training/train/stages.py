@@ -70,6 +70,7 @@ from dvqvae_training.train.loop import (
     open_splits,
     seed_everything,
 )
+from dvqvae_training.train import distributed
 from dvqvae_training.train.state import read_training_state
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -125,9 +126,11 @@ def _train_grasp_model(stage: str, cfg: TrainConfig, *, hand: Optional[HandModel
                        on_step: Optional[StepCallback]) -> TrainResult:
     """Shared body of ``train_dvqvae`` and ``train_cvae``."""
     hand = hand if hand is not None else load_hand_model(cfg.hand)
-    device = torch.device(cfg.device)
+    dist_ctx = distributed.current()  # one process, or one rank of a torchrun job
+    device = torch.device(distributed.rank_device(cfg.device, dist_ctx))
     stage_dir = Path(cfg.out_dir) / stage
     resume = _prepare_state_dir(cfg, stage_dir)
+    dist_ctx.barrier()
     saved = read_training_state(stage_dir / "state") if resume else None
 
     seed_everything(cfg.seed)
@@ -143,9 +146,10 @@ def _train_grasp_model(stage: str, cfg: TrainConfig, *, hand: Optional[HandModel
     data = open_splits(cfg, hand, _num_points(cfg, model_cfg.num_points))  # before the hand moves to the device
     model.to(device).train()
     optimizer = _adam(model.parameters(), cfg)
-    sampler = EpochBatchSampler(len(data.train), cfg.batch_size, cfg.seed)
+    sampler = dist_ctx.shard_sampler(EpochBatchSampler(len(data.train), cfg.batch_size, cfg.seed))
     val_loader = _val_loader(data.val, cfg) if data.val is not None else None
     is_dvq = stage == "dvqvae"
+    train_model = dist_ctx.wrap(model)  # DistributedDataParallel under torchrun
 
     def call(pts: Tensor, prm: Tensor) -> Any:
         if is_dvq:
@@ -154,7 +158,7 @@ def _train_grasp_model(stage: str, cfg: TrainConfig, *, hand: Optional[HandModel
 
     def forward(batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         pts, prm = batch["points"].to(device), batch["params"].to(device)
-        out = model(pts, prm)
+        out = train_model(pts, prm, loss_points=cfg.loss_points)
         scale = contact_scale_at(cfg, loop.step, loop.total_steps())
         total = scaled_total(out.losses, model_cfg.loss_weights, scale)
         stats = {"loss": float(total.detach()), "paper_loss": float(out.losses["total"].detach()),
@@ -192,8 +196,10 @@ def _train_grasp_model(stage: str, cfg: TrainConfig, *, hand: Optional[HandModel
         info = dict(data.info, stage=stage, train_config=cfg.to_dict(), epochs=loop.epoch, steps=loop.step,
                     val_metrics=loop.metrics, train_objects=len(data.train_objects), val_objects=len(data.val_objects))
         model.eval()
-        save_checkpoint(ckpt, model, kind=stage, model_config=model_cfg, hand_fingerprint=hand.fingerprint,
-                        data_info=info, extra={"training_seconds": loop.elapsed})
+        if dist_ctx.is_main:
+            save_checkpoint(ckpt, model, kind=stage, model_config=model_cfg, hand_fingerprint=hand.fingerprint,
+                            data_info=info, extra={"training_seconds": loop.elapsed,
+                                                   "world_size": dist_ctx.world_size})
         if not loop.finished:
             loop.finished = True
             loop.save()
@@ -290,6 +296,9 @@ def _train_prior(cfg: PriorTrainConfig, *, model_checkpoint: Optional[str | Path
     computed once (``token_views`` augmented passes) and cached in ``out_dir/prior/tokens.safetensors``;
     validation tokens come from other objects (the "val" split, or a held-out share of "train").
     """
+    if distributed.current().enabled:
+        raise ValueError("the prior trains in one process (minutes on a CPU): run `dvqvae-train prior` without "
+                         "torchrun, on the DVQ-VAE checkpoint the distributed run wrote")
     hand = hand if hand is not None else load_hand_model(cfg.hand)
     device = torch.device(cfg.device)
     out_dir = Path(cfg.out_dir)

@@ -5,6 +5,11 @@
     dvqvae-train prior  --data data/grasps --out out/compact [--model out/compact/dvqvae/checkpoint]
     dvqvae-train cvae   --data data/grasps --out out/compact
 
+Data-parallel (DistributedDataParallel, gloo on CPU / nccl on GPU; ``--batch-size`` stays the global
+batch, see ``dvqvae_training.train.distributed``)::
+
+    torchrun --nproc-per-node 2 -m dvqvae_training.train.train_cli dvqvae --data data/grasps --out out/ddp
+
 Rerunning the same command with ``--resume`` continues a stopped run exactly where its last saved
 state left it. Exit status: 0 finished, 75 stopped early but resumable (time budget, --max-steps,
 SIGINT/SIGTERM), 2 bad arguments, 1 other errors.
@@ -53,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contact-warmup", type=float, default=None,
                    help="DVQ-VAE / CVAE: fraction of the steps over which the contact terms ramp linearly "
                         "from 0 to --contact-scale (default 0.3; 0 = full weight from the start)")
+    p.add_argument("--loss-points", type=int, default=None,
+                   help="DVQ-VAE / CVAE: object points used by the contact, consistency and penetration terms in "
+                        "training steps (default 256; 0 = all, as runs started before this option; validation "
+                        "always uses all; see benchmarks/bench_train.py)")
     p.add_argument("--prior-epochs", type=int, default=None, help="prior epochs (default 100)")
     p.add_argument("--prior-batch-size", type=int, default=None, help="prior batch (default 256)")
     p.add_argument("--prior-lr", type=float, default=None, help="prior learning rate (default 3e-4)")
@@ -68,7 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-max-batches", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    p.add_argument("--num-threads", type=int, default=1,
+                   help="torch CPU threads per process (default 1: 1.6-2.4x the grasps/s of torch's default of "
+                        "all cores on the shared 2-core machine, see benchmarks/bench_train.py; 0 = torch's default)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--save-every", type=int, default=None, help="save a training state every N steps")
     p.add_argument("--log-every", type=int, default=None, help="log a step record every N steps")
@@ -101,7 +112,8 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PriorTrainConfig]:
         return {k: v for k, v in kw.items() if v is not None}
 
     main_cfg = TrainConfig(**common, **pick(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                            contact_scale=args.contact_scale, contact_warmup=args.contact_warmup))
+                                            contact_scale=args.contact_scale, contact_warmup=args.contact_warmup,
+                                            loss_points=args.loss_points))
     prior_cfg = PriorTrainConfig(**common, **pick(epochs=args.prior_epochs, batch_size=args.prior_batch_size,
                                                   lr=args.prior_lr, token_views=args.token_views))
     return main_cfg, prior_cfg
@@ -126,6 +138,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
 
         torch.set_num_threads(args.num_threads)
+    from dvqvae_training.train import distributed
+
+    try:
+        dist_ctx = distributed.from_environment(args.device)  # a torchrun job, or one process
+    except (RuntimeError, ValueError, KeyError) as e:
+        print(f"dvqvae-train: cannot join the distributed job: {e}", file=sys.stderr)
+        return 2
+    try:
+        return _run(args, main_cfg, prior_cfg, dist_ctx)
+    finally:
+        dist_ctx.close()
+
+
+def _run(args: argparse.Namespace, main_cfg: TrainConfig, prior_cfg: PriorTrainConfig, dist_ctx: object) -> int:
+    if getattr(dist_ctx, "enabled", False) and args.stage in ("prior", "all"):
+        print(f"dvqvae-train: the {args.stage!r} stage does not run under torchrun: train the DVQ-VAE (or cvae) "
+              "distributed, then `dvqvae-train prior` in one process", file=sys.stderr)
+        return 2
     deadline = time.monotonic() + 60.0 * args.max_minutes if args.max_minutes > 0 else None
     try:
         if args.stage == "dvqvae":
@@ -139,6 +169,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"dvqvae-train: {e}", file=sys.stderr)
         return 2
+    if not getattr(dist_ctx, "is_main", True):
+        return 0 if all(r.finished for r in results) else EXIT_RESUMABLE
     for r in results:
         print(json.dumps(_report(r)))
     done = all(r.finished for r in results) and (args.stage != "all" or len(results) == 2)
