@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--num-threads", type=int, default=1,
-                   help="torch CPU threads per process (default 1: 1.6-2.4x the grasps/s of torch's default of "
+                   help="torch CPU threads per process (default 1: 1.6-5x the grasps/s of torch's default of "
                         "all cores on the shared 2-core machine, see benchmarks/bench_train.py; 0 = torch's default)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes")
     p.add_argument("--save-every", type=int, default=None, help="save a training state every N steps")
