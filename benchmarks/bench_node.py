@@ -80,6 +80,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--no-markers", action="store_true", help="do not subscribe to grasps/markers")
     p.add_argument("--no-light", action="store_true",
                    help="skip the light-topic phase (markers here / in another process, our vs Fast DDS's writer profile)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
+                   help="another node parameter, e.g. ranking:=false for the raw path (repeatable)")
     p.add_argument("--domain-id", type=int, default=91)
     p.add_argument("--timeout", type=float, default=120.0, help="node start-up timeout (s)")
     args = p.parse_args(argv)
@@ -311,6 +313,8 @@ def _start_node(args: argparse.Namespace, model: Path, ns: str, profile: Optiona
            "--log-level", "warn"]
     for k, v in params.items():
         cmd += ["-p", f"{k}:={v}"]
+    for extra in args.param:
+        cmd += ["-p", extra]
     return subprocess.Popen(cmd, env=env, cwd=str(ROOT))
 
 

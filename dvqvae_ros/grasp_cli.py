@@ -1,11 +1,15 @@
 """``dvqvae-grasp``: grasps for one object without ROS, and the end-to-end ROS demo.
 
-  dvqvae-grasp generate --object MESH|CLOUD|NAME --num-grasps K --out DIR [--partial-view] [--seed S]
+  dvqvae-grasp generate --object MESH|CLOUD|NAME --num-grasps K --out DIR [--partial-view] [--seed S] [--verify]
   dvqvae-grasp demo [--object mug] [--num-grasps 8] [--out demo_out]
 
 ``generate`` runs ``GraspGenerator`` in-process and writes ``DIR/grasps.npz`` (``vertices``
 [K,778,3] float32 metres in the object's frame, ``faces``, ``sealed_faces``, ``mano`` [K,61],
-``keypoints`` [K,21,3], ``scores``), one PLY per grasp, the object cloud, an HTML viewer and a PNG.
+``keypoints`` [K,21,3], ``scores`` [K] and ``score_terms`` [K,5] with ``score_term_names``), one
+PLY per grasp, the object cloud, an HTML viewer and a PNG. Its generation settings (candidates,
+ranking, refinement) default to the node's (``dvqvae_model.pipeline.defaults``), so offline and
+online grasps match. ``--verify`` (offline only, needs pybullet) drops the grasps that let the object
+fall, with the synthesizer's acceptance protocol (``dvqvae_training.synthesis.physics``).
 
 ``demo`` starts ``fake_depth_camera`` (the object plus ``--extra-objects`` on a table), ``object_segmenter``
 and ``grasp_generator`` as processes talking over DDS (camera depth image -> segmenter -> grasp node;
@@ -20,7 +24,7 @@ import errno
 import pickle
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from dvqvae_ros.grasp_files import format_quality, load_object_cloud, quick_quality, resolve_model, write_grasp_files
 
@@ -50,20 +54,30 @@ def cmd_generate(args: argparse.Namespace) -> int:
     _check_writable(out)  # before minutes of work, not after
     model_dir = resolve_model(args.model)
     try:
-        gen = GraspGenerator.from_checkpoint(model_dir, hand=args.hand)
+        gen = GraspGenerator.from_checkpoint(model_dir, hand=args.hand, **generation_options(args))
     except (CheckpointError, OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
         # UnsafePickleError (a refused --hand pickle) is an UnpicklingError; nothing from it ran
         raise CliError(f"cannot load model {str(model_dir)!r} with hand {args.hand!r}: "
                        f"{type(exc).__name__}: {exc}") from None
     points, mesh = load_object_cloud(args.object, gen.num_points, partial_view=args.partial_view, seed=args.seed)
+    if args.verify and (mesh is None or not mesh.is_watertight):
+        raise CliError("--verify needs a watertight object mesh (a mesh file or a sample name, not a cloud)")
     try:
         gs = gen.generate(points, args.num_grasps, temperature=args.temperature, seed=args.seed)
     except CloudError as exc:
         raise CliError(f"bad object cloud: {exc}") from None
+    if args.verify:
+        n = len(gs)
+        gs, disp = verify_grasps(gs, gen.hand, mesh)
+        print(f"--verify: {len(gs)} of {n} grasps hold the object (displacement < 2 cm, protocol gravity and "
+              f"palm away); displacements cm: {[round(float(d), 2) for d in disp[:, 0]]}")
+        if len(gs) == 0:
+            print("error: no grasp passed --verify; try more --candidates or another --seed", file=sys.stderr)
+            return 3
     try:
         paths = write_grasp_files(out, vertices=gs.vertices, mano=gs.params, keypoints=gs.keypoints,
                                   scores=gs.scores, hand=gen.hand, object_points=points,
-                                  title=f"{Path(args.object).name}: {len(gs)} grasps")
+                                  title=f"{Path(args.object).name}: {len(gs)} grasps", terms=gs.terms)
     except OSError as exc:
         raise CliError(f"cannot write the output files to {out}/: {exc.strerror or exc} "
                        f"({exc.filename or out}); no partial output was left", code=1) from None
@@ -113,12 +127,68 @@ def _grasp_count(text: str) -> int:
     return value
 
 
+def generation_options(args: argparse.Namespace) -> dict[str, Any]:
+    """GraspGenerator options from the CLI flags (their defaults are the node's: dvqvae_model.pipeline.defaults)."""
+    from dvqvae_model.pipeline.refine import RefineConfig
+
+    return {"candidates": args.candidates, "ranking": not args.raw, "refine": args.refine and not args.raw,
+            "refine_config": RefineConfig(steps=args.refine_steps, max_time_s=args.refine_time_ms / 1000.0)}
+
+
+def verify_grasps(gs: Any, hand: Any, mesh: Any, *, max_displacement_cm: float = 2.0) -> tuple[Any, Any]:
+    """(the grasps that hold the object, displacement per input grasp [K, 2] cm: protocol, palm away).
+
+    The synthesizer's acceptance: the pybullet protocol displacement < ``max_displacement_cm``
+    and, for grasps that pass it, the same with gravity pulling the object out of the palm.
+    Offline only: this imports the training package (and pybullet) here, never in the node.
+    """
+    import numpy as np
+
+    try:
+        import pybullet  # noqa: F401
+        from dvqvae_training.synthesis.physics import GraspSimulator
+    except ImportError as exc:
+        raise CliError(f"--verify needs pybullet and the training package ({exc}); "
+                       "install the 'data' extra: pip install -e .[data]") from None
+    from scipy.spatial.transform import Rotation
+
+    if mesh is None or not mesh.is_watertight:
+        raise CliError("--verify needs a watertight object mesh (a mesh file or a sample name, not a cloud)")
+    faces = hand.faces.cpu().numpy()
+    palm = np.asarray(hand.meta.palm_normal, dtype=np.float64)
+    disp = np.full((len(gs), 2), np.nan)
+    with GraspSimulator(mesh) as sim:
+        g = float(np.linalg.norm(sim.config.gravity))
+        for i in range(len(gs)):
+            disp[i, 0] = sim.displacement(gs.vertices[i], faces) * 100.0
+            if disp[i, 0] < max_displacement_cm:
+                away = Rotation.from_rotvec(np.asarray(gs.params[i, 10:13], np.float64)).apply(palm) * g
+                disp[i, 1] = sim.displacement(gs.vertices[i], faces, gravity=away) * 100.0
+    holds = (disp[:, 0] < max_displacement_cm) & (disp[:, 1] < max_displacement_cm)
+    keep = np.flatnonzero(holds)
+    kept = type(gs)(gs.params[keep], gs.vertices[keep], gs.keypoints[keep], gs.joints[keep], gs.scores[keep],
+                    gs.faces, dict(gs.timing), gs.centre, gs.seed, {k: v[keep] for k, v in gs.terms.items()})
+    return kept, disp
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from dvqvae_model.pipeline.defaults import DEFAULTS
+
     p = argparse.ArgumentParser(prog="dvqvae-grasp", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("generate", help="grasps for one object (mesh, cloud or sample name), no ROS")
     g.add_argument("--object", required=True, help="mesh file, point-cloud file (.npy/.xyz/.pcd/.ply) or mug|box|bottle|ball")
-    g.add_argument("--num-grasps", type=_grasp_count, default=8, help=f"1..{_max_grasps()} (as the node)")
+    g.add_argument("--num-grasps", type=_grasp_count, default=DEFAULTS.num_grasps,
+                   help=f"1..{_max_grasps()} (as the node)")
+    g.add_argument("--candidates", type=int, default=DEFAULTS.candidates,
+                   help="grasps sampled and ranked, the best --num-grasps kept (default: the node's)")
+    g.add_argument("--raw", action="store_true", help="the raw path: no ranking, no refinement")
+    g.add_argument("--refine", action=argparse.BooleanOptionalAction, default=DEFAULTS.refine,
+                   help="refine the ranked grasps (default: the node's)")
+    g.add_argument("--refine-steps", type=int, default=DEFAULTS.refine_steps)
+    g.add_argument("--refine-time-ms", type=float, default=DEFAULTS.refine_time_ms)
+    g.add_argument("--verify", action="store_true",
+                   help="drop grasps that let the object fall (pybullet, the synthesizer's acceptance; offline only)")
     g.add_argument("--out", required=True)
     g.add_argument("--partial-view", action="store_true", help="use one simulated depth view of the mesh")
     g.add_argument("--seed", type=int, default=0)
@@ -130,7 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="fake depth camera -> object segmenter -> grasp node over DDS -> files, "
                        "picture, segmentation IoU, latency, quality")
     d.add_argument("--object", default="mug")
-    d.add_argument("--num-grasps", type=_grasp_count, default=8, help=f"1..{_max_grasps()} (as the node)")
+    d.add_argument("--num-grasps", type=_grasp_count, default=DEFAULTS.num_grasps,
+                   help=f"1..{_max_grasps()} (as the node)")
     d.add_argument("--out", default="demo_out")
     d.add_argument("--model", default="default")
     d.add_argument("--hand", default="standin")

@@ -55,6 +55,7 @@ class _Listener:
         self.segmenter_diagnostics: dict[str, str] = {}
         self.rounds: dict[int, _Round] = {}
         self.mano: list[np.ndarray] = []
+        self.scores: list[np.ndarray] = []  # grasps/scores tables [K, 6], arrival order (published after mano)
         self.diagnostics: dict[str, str] = {}
         reliable = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         node.create_subscription(PointCloud2, "points", self._on_cloud, reliable)
@@ -64,7 +65,8 @@ class _Listener:
         # Light topics first: rclpy's executor serves ready subscriptions in creation order, one
         # callback per spin, so the meshes created first would be handled before the poses.
         types = {"grasps/wrist_poses": PoseArray, "grasps/keypoints": PoseArray, "grasps/mano": Float32MultiArray,
-                 "grasps/joint_states": JointState, "grasps/markers": MarkerArray}
+                 "grasps/scores": Float32MultiArray, "grasps/joint_states": JointState,
+                 "grasps/markers": MarkerArray}
         for topic, msg_type in types.items():
             # The hand meshes (~1 MB) are taken raw: turning them into Python objects here would hold up
             # every other callback (RViz, in C++, does not pay that); only their stamp is read.
@@ -103,6 +105,10 @@ class _Listener:
             if topic == "grasps/mano":
                 # Float32MultiArray has no header: kept in arrival order, matched to a round later.
                 self.mano.append(np.asarray(msg.data, dtype=np.float32).reshape(-1, 61))
+                return
+            if topic == "grasps/scores":
+                width = msg.layout.dim[1].size if len(msg.layout.dim) > 1 else 1
+                self.scores.append(np.asarray(msg.data, dtype=np.float32).reshape(-1, width))
                 return
             stamp = self._stamp_of(topic, msg)
             if stamp is None:
@@ -163,6 +169,19 @@ def segmentation_ious(clouds: dict[int, np.ndarray], truth: dict[int, np.ndarray
         pred[v[ok], u[ok]] = True
         out.append(pixel_iou(pred, mask))
     return np.asarray(out, dtype=np.float64)
+
+
+def _scores_for(listener: _Listener, mano: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The grasps/scores table published with ``mano`` (the same position from the newest end of
+    each topic's arrival order) -> (scores [K], terms); an error if it did not arrive."""
+    from dvqvae_ros.messages import SCORE_COLUMNS
+
+    i = next(i for i, m in enumerate(listener.mano) if m is mano)
+    j = len(listener.scores) - (len(listener.mano) - i)
+    if j < 0 or listener.scores[j].shape != (len(mano), len(SCORE_COLUMNS)):
+        raise SystemExit("error: the grasps/scores message of the last grasp set did not arrive")
+    table = listener.scores[j]
+    return table[:, 0].copy(), {name: table[:, c].copy() for c, name in enumerate(SCORE_COLUMNS) if c > 0}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -252,9 +271,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     kp_err, mano, last, ho = best
     vertices = ho.vertices.numpy()
     cloud = listener.clouds[last.stamp_ns]
-    scores = np.arange(len(vertices), 0, -1, dtype=np.float32)  # rank only: the topics carry order, not scores
+    scores, terms = _scores_for(listener, mano)
     paths = write_grasp_files(out, vertices=vertices, mano=mano, keypoints=ho.keypoints.numpy(), scores=scores,
-                              hand=hand, object_points=cloud,
+                              hand=hand, object_points=cloud, terms=terms,
                               title=f"demo: {args.object}, {len(vertices)} grasps from the ROS topics")
     # Quality against the true object, posed in the camera frame exactly as the fake camera saw it.
     intrinsics = dc.CameraIntrinsics.from_fov(640, 480, 79.5)  # the fake camera's defaults

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -70,8 +70,12 @@ def _read_cloud(path: Path) -> np.ndarray:
 
 # --------------------------------------------------------------------------------------- outputs
 def write_grasp_files(out: Path, *, vertices: np.ndarray, mano: np.ndarray, keypoints: np.ndarray,
-                      scores: np.ndarray, hand: Any, object_points: np.ndarray, title: str) -> dict[str, Path]:
+                      scores: np.ndarray, hand: Any, object_points: np.ndarray, title: str,
+                      terms: Optional[dict[str, np.ndarray]] = None) -> dict[str, Path]:
     """grasps.npz, grasp_XX.ply, object_points.ply, viewer.html and grasps.png in ``out``, all or none.
+
+    ``terms``: what each score is made of (name -> [K]); stored as ``score_terms`` [K, T] with
+    ``score_term_names`` and shown in the viewer.
 
     The set is written into a staging folder and moved into ``out`` only once every file is complete
     (``dvqvae_model.io.staged_directory``): a full disk or an interrupted run leaves no half-written file.
@@ -80,26 +84,35 @@ def write_grasp_files(out: Path, *, vertices: np.ndarray, mano: np.ndarray, keyp
 
     with staged_directory(out, stale=("grasp_*.ply",)) as stage:
         paths = _write_grasp_files(stage, vertices=vertices, mano=mano, keypoints=keypoints, scores=scores,
-                                   hand=hand, object_points=object_points, title=title)
+                                   hand=hand, object_points=object_points, title=title, terms=terms)
     return {key: out / p.name for key, p in paths.items()}
 
 
 def _write_grasp_files(out: Path, *, vertices: np.ndarray, mano: np.ndarray, keypoints: np.ndarray,
-                       scores: np.ndarray, hand: Any, object_points: np.ndarray, title: str) -> dict[str, Path]:
+                       scores: np.ndarray, hand: Any, object_points: np.ndarray, title: str,
+                       terms: Optional[dict[str, np.ndarray]] = None) -> dict[str, Path]:
     import trimesh
+
+    from dvqvae_model.pipeline.grasp_quality import TERM_NAMES
 
     from dvqvae_model.sim.visualize import render_grasps_png
 
     faces = hand.faces.detach().cpu().numpy().astype(np.int64)
     sealed = hand.sealed_faces.detach().cpu().numpy().astype(np.int64)
     paths = {"npz": out / "grasps.npz"}
+    table = np.full((len(scores), len(TERM_NAMES)), np.nan, dtype=np.float32)
+    for j, name in enumerate(TERM_NAMES):
+        if terms and name in terms:
+            table[:, j] = np.asarray(terms[name], dtype=np.float32).reshape(-1)
     _atomic_savez(paths["npz"], vertices=vertices.astype(np.float32), faces=faces, sealed_faces=sealed,
                   mano=mano.astype(np.float32), keypoints=keypoints.astype(np.float32),
-                  scores=scores.astype(np.float32))
+                  scores=scores.astype(np.float32), score_terms=table, score_term_names=np.array(TERM_NAMES))
     for i, v in enumerate(vertices):
         trimesh.Trimesh(v, faces, process=False).export(out / f"grasp_{i:02d}.ply")
     trimesh.PointCloud(object_points).export(out / "object_points.ply")
-    paths["html"] = _write_viewer(out / "viewer.html", object_points, vertices, faces, scores, title)
+    labels = [f"score {s:.2f}" + "".join(f", {n} {table[i, j]:.2f}" for j, n in enumerate(TERM_NAMES)
+                                         if np.isfinite(table[i, j])) for i, s in enumerate(scores)]
+    paths["html"] = _write_viewer(out / "viewer.html", object_points, vertices, faces, labels, title)
     paths["png"] = render_grasps_png(object_points, vertices[: min(3, len(vertices))], out / "grasps.png",
                                      faces=faces, max_hands=3, title=title)
     return paths
@@ -116,7 +129,7 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
 
 
 def _write_viewer(path: Path, points: np.ndarray, vertices: np.ndarray, faces: np.ndarray,
-                  scores: np.ndarray, title: str) -> Path:
+                  labels: Sequence[str], title: str) -> Path:
     """An interactive, self-contained (offline) plotly page: object points and every hand."""
     import plotly.graph_objects as go
 
@@ -126,7 +139,7 @@ def _write_viewer(path: Path, points: np.ndarray, vertices: np.ndarray, faces: n
     for i, v in enumerate(vertices):
         data.append(go.Mesh3d(x=v[:, 0], y=v[:, 1], z=v[:, 2], i=faces[:, 0], j=faces[:, 1], k=faces[:, 2],
                               color="#e0a080", opacity=1.0 if i == 0 else 0.5, flatshading=False,
-                              name=f"grasp {i} (score {scores[i]:.2f})", showlegend=True,
+                              name=f"grasp {i} ({labels[i]})", showlegend=True,
                               visible=True if i < 3 else "legendonly"))
     fig = go.Figure(data=data)
     fig.update_layout(title=title, scene=dict(aspectmode="data"), margin=dict(l=0, r=0, t=40, b=0))

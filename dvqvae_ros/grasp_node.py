@@ -8,7 +8,8 @@ A thin shell over ``dvqvae_model.pipeline.generator.GraspGenerator``:
   waiting one (the replaced cloud is counted as dropped), and generations start
   at most ``max_rate_hz`` times a second;
 * publishes, with the input cloud's header, ``grasps/wrist_poses``,
-  ``grasps/keypoints``, ``grasps/mano``, ``grasps/joint_states`` and, last and
+  ``grasps/keypoints``, ``grasps/mano``, ``grasps/scores`` (each grasp's score and
+  its terms), ``grasps/joint_states`` and, last and
   only while someone subscribes, ``grasps/markers`` (see ``dvqvae_ros.messages``
   for the conventions; the meshes are written pre-serialised, ~2 ms for 8 grasps),
   and ``/diagnostics`` once a second, with the time per stage (decode,
@@ -18,8 +19,9 @@ A thin shell over ``dvqvae_model.pipeline.generator.GraspGenerator``:
   when the grasps are published (the only trigger in ``mode: on_demand``).
 
 Parameters are declared in ``dvqvae_ros.parameters.GraspNodeParameters``. The
-sampling ones (num_grasps, temperature, top_k, seed, refine, max_rate_hz) can be
-changed at run time; the others are read-only.
+sampling ones (num_grasps, candidates, ranking, temperature, top_k, seed, refine,
+refine_steps, refine_time_ms, max_rate_hz) can be changed at run time; the others are
+read-only. Defaults: ``dvqvae_model.pipeline.defaults`` (shared with ``dvqvae-grasp generate``).
 
 Inference backends (eager, TorchScript, ONNX Runtime, TensorRT; ``auto`` = the
 fastest available) come from ``dvqvae_model.runtime.backends`` through ``GraspGenerator``.
@@ -104,12 +106,24 @@ def generator_options(params: GraspNodeParameters) -> dict[str, Any]:
     return {
         "num_points": params.points_per_object or None,
         "refine": params.refine,
+        "ranking": params.ranking,
+        "candidates": params.candidates,
+        "refine_config": refine_config(params.sampling),
         "crop_box": params.crop_box or None,
         "crop_radius": params.crop_radius or None,
         "min_points": params.min_points,
         "min_extent": params.min_extent,
         "max_extent": params.max_extent,
     }
+
+
+def refine_config(settings: SamplingSettings, base: Any = None) -> Any:
+    """The generator's ``RefineConfig`` with the node's step and time budget."""
+    from dvqvae_model.pipeline.refine import RefineConfig
+
+    cfg = replace(base) if base is not None else RefineConfig()
+    cfg.steps, cfg.max_time_s = settings.refine_steps, settings.refine_time_ms / 1000.0
+    return cfg
 
 
 def resolve_model_path(spec: str) -> Path:
@@ -243,6 +257,7 @@ class GraspGeneratorNode(Node):
         self._pub_wrists = self.create_publisher(PoseArray, "grasps/wrist_poses", reliable)
         self._pub_keypoints = self.create_publisher(PoseArray, "grasps/keypoints", reliable)
         self._pub_mano = self.create_publisher(Float32MultiArray, "grasps/mano", reliable)
+        self._pub_scores = self.create_publisher(Float32MultiArray, "grasps/scores", reliable)
         self._pub_joints = self.create_publisher(JointState, "grasps/joint_states", reliable)
         self._pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
@@ -292,7 +307,11 @@ class GraspGeneratorNode(Node):
     def _generate(self, points: np.ndarray, settings: SamplingSettings) -> Any:
         """Only the worker thread (and the warm-up before it starts) calls the generator."""
         if hasattr(self.generator, "refine"):
-            self.generator.refine = settings.refine
+            self.generator.refine = settings.refine and settings.ranking  # ranking off = the raw path
+        if hasattr(self.generator, "ranking"):
+            self.generator.ranking = settings.ranking
+            self.generator.candidates = settings.candidates
+            self.generator.refine_config = refine_config(settings, getattr(self.generator, "refine_config", None))
         return self.generator.generate(points, settings.num_grasps, temperature=settings.temperature,
                                        top_k=settings.top_k_or_none, seed=settings.seed_or_none)
 
@@ -350,6 +369,7 @@ class GraspGeneratorNode(Node):
             (self._pub_wrists, messages.wrist_poses_message(header, params, grasps.joints)),
             (self._pub_keypoints, messages.keypoints_message(header, grasps.keypoints)),
             (self._pub_mano, messages.mano_message(params)),
+            (self._pub_scores, messages.scores_message(grasps.scores, getattr(grasps, "terms", None))),
             (self._pub_joints, messages.joint_state_message(header, params[0, messages.HAND_POSE],
                                                             self._flexion_axes)),
         )
@@ -538,13 +558,13 @@ def _answer_shutting_down(job: Optional[_Job]) -> None:
 def _stage_times(timing: Optional[dict], generate_ms: float) -> dict[str, float]:
     """Split one ``generate`` call (ms) with the generator's own timing: preprocess / model / postprocess.
 
-    ``model`` is the sampling graph plus optional refinement; a generator without ``timing``
+    ``model`` is the sampling graph plus ranking and refinement; a generator without ``timing``
     (a stand-in) counts as all model.
     """
     if not timing or "inference_ms" not in timing:
         return {"preprocess": 0.0, "model": generate_ms, "postprocess": 0.0}
     pre = float(timing.get("preprocess_ms", 0.0))
-    model = float(timing["inference_ms"]) + float(timing.get("refine_ms", 0.0))
+    model = float(timing["inference_ms"]) + float(timing.get("rank_ms", 0.0)) + float(timing.get("refine_ms", 0.0))
     return {"preprocess": pre, "model": model, "postprocess": max(0.0, generate_ms - pre - model)}
 
 

@@ -13,6 +13,12 @@ Conventions (documented for consumers):
   the knuckle (MCP) to the tip. Orientations are identity.
 - ``grasps/mano`` (Float32MultiArray): K x 61 row-major; dim 0 "grasp", dim 1
   labelled ``MANO_LAYOUT_LABEL`` = "param:betas[10],global_orient[3],hand_pose[45],transl[3]".
+- ``grasps/scores`` (Float32MultiArray): K x 6 row-major, same order as the poses (best
+  first); dim 0 "grasp", dim 1 labelled ``SCORES_LAYOUT_LABEL`` =
+  "term:score,prior,penetration,contact,closure,digits": the total score (higher is better)
+  and what it is made of (``dvqvae_model.pipeline.grasp_quality``; NaN for terms not computed, e.g. on
+  the raw path where only the graph's score exists). Published right after ``grasps/mano``
+  for the same cloud.
 - ``grasps/joint_states`` (JointState): the best grasp's 15 finger joints in
   MANO joint order (``FINGER_JOINT_NAMES``); position = flexion angle (rad), the
   joint's axis-angle rotation projected on its flexion axis (see
@@ -63,6 +69,9 @@ __all__ = [
     "joint_state_message",
     "keypoints_message",
     "mano_message",
+    "scores_message",
+    "SCORES_LAYOUT_LABEL",
+    "SCORE_COLUMNS",
     "SerializationUnsupported",
     "rank_color",
     "serialized_grasp_markers",
@@ -74,6 +83,8 @@ PARAM_DIM = 61
 GLOBAL_ORIENT = slice(10, 13)
 HAND_POSE = slice(13, 58)
 MANO_LAYOUT_LABEL = "param:betas[10],global_orient[3],hand_pose[45],transl[3]"
+SCORE_COLUMNS = ("score", "prior", "penetration", "contact", "closure", "digits")  # = score + grasp_quality.TERM_NAMES
+SCORES_LAYOUT_LABEL = "term:" + ",".join(SCORE_COLUMNS)
 
 MANO_PARENTS = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14)
 KEYPOINT_SPHERE_DIAMETER = 0.008  # metres
@@ -191,6 +202,25 @@ def mano_message(params: Any) -> Float32MultiArray:
         data_offset=0,
     )
     return Float32MultiArray(layout=layout, data=array.array("f", np.ascontiguousarray(p).tobytes()))
+
+
+def scores_message(scores: Any, terms: Optional[Mapping[str, Any]] = None) -> Float32MultiArray:
+    """Float32MultiArray K x 6: each grasp's score and its terms (see ``SCORES_LAYOUT_LABEL``)."""
+    s = _np(scores, np.float32).reshape(-1)
+    k, width = len(s), len(SCORE_COLUMNS)
+    table = np.full((k, width), np.nan, dtype=np.float32)
+    table[:, 0] = s
+    for j, name in enumerate(SCORE_COLUMNS[1:], start=1):
+        if terms and name in terms:
+            table[:, j] = _np(terms[name], np.float32).reshape(-1)
+    layout = MultiArrayLayout(
+        dim=[
+            MultiArrayDimension(label="grasp", size=k, stride=k * width),
+            MultiArrayDimension(label=SCORES_LAYOUT_LABEL, size=width, stride=width),
+        ],
+        data_offset=0,
+    )
+    return Float32MultiArray(layout=layout, data=array.array("f", table.tobytes()))
 
 
 def joint_state_message(header: Header, hand_pose: Any, axes: np.ndarray,

@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
+from dvqvae_model.pipeline.defaults import DEFAULTS
+
 __all__ = [
     "BACKEND_CHOICES",
     "FakeCameraParameters",
@@ -41,6 +43,7 @@ SEGMENTER_INPUTS = ("depth_image", "scene_cloud")
 TARGET_CHOICES = ("nearest_axis", "largest", "crop_box", "clicked")  # dvqvae_model.pipeline.segmentation.TARGET_RULES
 DEPTH_ENCODING_CHOICES = ("16UC1", "32FC1")
 MAX_GRASPS = 256
+MAX_CANDIDATES = 1024
 
 Checker = Callable[[Any], Any]
 P = TypeVar("P")
@@ -166,8 +169,14 @@ class GraspNodeParameters:
         "auto", "inference backend: " + " | ".join(BACKEND_CHOICES) + " (auto picks the best available)",
         _choice(BACKEND_CHOICES))
     device: str = _param("cpu", "torch device: cpu | cuda | cuda:N", _device)
-    num_grasps: int = _param(8, f"grasps generated per cloud, 1..{MAX_GRASPS}", _integer(1, MAX_GRASPS),
-                             dynamic=True)
+    num_grasps: int = _param(DEFAULTS.num_grasps, f"grasps published per cloud, 1..{MAX_GRASPS}",
+                             _integer(1, MAX_GRASPS), dynamic=True)
+    candidates: int = _param(
+        DEFAULTS.candidates, "grasps sampled per cloud and ranked; the best num_grasps are kept "
+        f"(values below num_grasps mean num_grasps), 0..{MAX_CANDIDATES}", _integer(0, MAX_CANDIDATES), dynamic=True)
+    ranking: bool = _param(
+        DEFAULTS.ranking, "rank candidates by penetration, contact, force closure and prior (false: the raw path, "
+        "num_grasps sampled and published as the model ranks them, no refinement)", _boolean, dynamic=True)
     temperature: float = _param(1.0, "prior sampling temperature (0 = most likely tokens), 0..10",
                                 _real(0.0, 10.0), dynamic=True)
     top_k: int = _param(0, "sample hand tokens among the k most likely codes (0 = all)",
@@ -191,7 +200,12 @@ class GraspNodeParameters:
         "segment or crop it)", _real(0.01, 10.0))
     max_rate_hz: float = _param(2.0, "at most this many generations per second (0 = unlimited)",
                                 _real(0.0, 1000.0), dynamic=True)
-    refine: bool = _param(False, "refine grasps against the object after sampling", _boolean, dynamic=True)
+    refine: bool = _param(DEFAULTS.refine, "refine the ranked grasps against the object cloud (penetration, contact, "
+                          "force closure), bounded by refine_steps and refine_time_ms", _boolean, dynamic=True)
+    refine_steps: int = _param(DEFAULTS.refine_steps, "most refinement steps per cloud, 1..1000", _integer(1, 1000),
+                               dynamic=True)
+    refine_time_ms: float = _param(DEFAULTS.refine_time_ms, "wall-time budget of the refinement per cloud (ms)",
+                                   _real(1.0, 60_000.0), dynamic=True)
     qos: str = _param("reliable", "QoS of the cloud subscription: reliable (every cloud arrives whole, any size; "
                       "needs a reliable publisher) | sensor_data (best effort: matches any publisher, but clouds "
                       "over ~1 MB, e.g. 1280x720, are lost)", _choice(QOS_CHOICES))
@@ -209,7 +223,9 @@ class GraspNodeParameters:
     @property
     def sampling(self) -> "SamplingSettings":
         return SamplingSettings(num_grasps=self.num_grasps, temperature=self.temperature, top_k=self.top_k,
-                                seed=self.seed, refine=self.refine, max_rate_hz=self.max_rate_hz)
+                                seed=self.seed, refine=self.refine, max_rate_hz=self.max_rate_hz,
+                                candidates=self.candidates, ranking=self.ranking, refine_steps=self.refine_steps,
+                                refine_time_ms=self.refine_time_ms)
 
 
 def _zero_or_range(value: Any, lo: int, hi: int) -> int:
@@ -228,6 +244,10 @@ class SamplingSettings:
     seed: int
     refine: bool
     max_rate_hz: float
+    candidates: int = DEFAULTS.candidates
+    ranking: bool = DEFAULTS.ranking
+    refine_steps: int = DEFAULTS.refine_steps
+    refine_time_ms: float = DEFAULTS.refine_time_ms
 
     @property
     def top_k_or_none(self) -> int | None:

@@ -35,7 +35,9 @@ def _check_outputs(out: Path, k: int) -> dict[str, np.ndarray]:
     assert data["vertices"].shape == (k, 778, 3) and data["vertices"].dtype == np.float32
     assert data["mano"].shape == (k, 61)
     assert data["keypoints"].shape == (k, 21, 3)
-    assert data["scores"].shape == (k,)
+    assert data["scores"].shape == (k,) and np.all(np.diff(data["scores"]) <= 0)
+    assert data["score_terms"].shape == (k, 5)
+    assert list(data["score_term_names"]) == ["prior", "penetration", "contact", "closure", "digits"]
     assert data["faces"].shape[1] == 3 and data["sealed_faces"].shape[1] == 3
     assert sorted(p.name for p in out.glob("grasp_*.ply")) == [f"grasp_{i:02d}.ply" for i in range(k)]
     assert (out / "object_points.ply").stat().st_size > 0
@@ -143,6 +145,8 @@ def test_demo_runs_camera_and_node_over_dds(tmp_path: Path, checkpoint: Path) ->
     err_mm = float(re.search(r"reproduces published keypoints to ([0-9.]+) mm", res.stdout).group(1))
     assert err_mm < 0.01  # the MANO array and the keypoints describe the same hands
     data = _check_outputs(out, 4)
+    # real scores from grasps/scores (the node's defaults rank): not ranks, and every term present
+    assert np.isfinite(data["score_terms"]).all() and not np.array_equal(data["scores"], [4.0, 3.0, 2.0, 1.0])
     # The demo's hands are rebuilt from the published MANO parameters; they sit at the camera's object
     # (the fake camera's cloud, ~0.5 m in front of it), not at the camera's origin.
     import trimesh
@@ -256,3 +260,71 @@ def test_existing_output_folder_is_replaced_whole(tmp_path: Path, checkpoint: Pa
     assert grasp_cli.main(base + ["--num-grasps", "2"]) == 0
     _check_outputs(out, 2)  # grasp_02/03.ply of the first run are gone: the set is the new one
     assert (out / "notes.txt").read_text() == "mine" and not list(out.glob(".*"))
+
+
+def test_generate_uses_the_node_defaults_and_writes_real_scores(tmp_path: Path, checkpoint: Path) -> None:
+    """One source of defaults: the CLI ranks (and refines) like the node; the npz carries the real scores."""
+    from dvqvae_model.pipeline.defaults import DEFAULTS
+    from dvqvae_model.pipeline.generator import GraspGenerator
+
+    args = grasp_cli.build_parser().parse_args(["generate", "--object", "mug", "--out", str(tmp_path)])
+    opts = grasp_cli.generation_options(args)
+    node_opts = DEFAULTS.generator_options()
+    assert args.num_grasps == DEFAULTS.num_grasps
+    assert {k: opts[k] for k in ("candidates", "ranking", "refine")} == {k: node_opts[k] for k in ("candidates", "ranking", "refine")}
+    assert (opts["refine_config"].steps, opts["refine_config"].max_time_s) == (
+        node_opts["refine_steps"], node_opts["refine_time_ms"] / 1000.0)
+    raw = grasp_cli.generation_options(grasp_cli.build_parser().parse_args(
+        ["generate", "--object", "mug", "--out", str(tmp_path), "--raw"]))
+    assert raw["ranking"] is False and raw["refine"] is False
+
+    cloud = np.random.default_rng(0).normal(size=(600, 3)).astype(np.float32)
+    cloud = 0.04 * cloud / np.linalg.norm(cloud, axis=1, keepdims=True)
+    np.save(tmp_path / "ball.npy", cloud)
+    out = tmp_path / "o"
+    assert grasp_cli.main(["generate", "--object", str(tmp_path / "ball.npy"), "--num-grasps", "3", "--candidates", "6",
+                           "--no-refine", "--seed", "4", "--out", str(out), "--model", str(checkpoint)]) == 0
+    data = _check_outputs(out, 3)
+    gen = GraspGenerator.from_checkpoint(checkpoint, ranking=True, refine=False)
+    expect = gen.generate(cloud, 3, seed=4, candidates=6)
+    np.testing.assert_allclose(data["scores"], expect.scores, atol=1e-5)
+    np.testing.assert_allclose(data["score_terms"][:, 1], expect.terms["penetration"], atol=1e-5)
+
+
+def test_verify_drops_grasps_that_let_the_object_fall(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    """--verify keeps exactly the grasps that pass the synthesizer's physics acceptance."""
+    from dvqvae_model.pipeline.generator import GraspGenerator
+    from dvqvae_model.sim.sample_objects import load_object
+
+    mesh = load_object("box")
+    gen = GraspGenerator.from_checkpoint(checkpoint, ranking=True, refine=False)
+    points = np.asarray(mesh.sample(2000), dtype=np.float32)
+    gs = gen.generate(points, 3, seed=0, candidates=3)
+    kept, disp = grasp_cli.verify_grasps(gs, gen.hand, mesh)
+    holds = (disp[:, 0] < 2.0) & (disp[:, 1] < 2.0)
+    assert len(kept) == int(holds.sum()) and disp.shape == (3, 2)
+    np.testing.assert_array_equal(kept.params, gs.params[holds])
+    # an untrained model's hands sit inside the object's centre: nothing there holds an object "grasp"
+    # -- whatever the outcome, the CLI reports it and never writes grasps that failed
+    out = tmp_path / "v"
+    rc = grasp_cli.main(["generate", "--object", "box", "--num-grasps", "2", "--candidates", "2", "--no-refine",
+                         "--verify", "--no-quality", "--out", str(out), "--model", str(checkpoint)])
+    printed = capsys.readouterr()
+    assert "--verify:" in printed.out
+    if rc == 0:
+        with np.load(out / "grasps.npz") as z:
+            assert 1 <= len(z["mano"]) <= 2
+    else:
+        assert rc == 3 and "no grasp passed --verify" in printed.err and not (out / "grasps.npz").exists()
+
+
+def test_verify_needs_a_mesh_and_pybullet(tmp_path: Path, checkpoint: Path, monkeypatch, capsys) -> None:
+    np.save(tmp_path / "c.npy", np.random.default_rng(0).normal(size=(300, 3)).astype(np.float32) * 0.03)
+    rc = grasp_cli.main(["generate", "--object", str(tmp_path / "c.npy"), "--verify", "--out", str(tmp_path / "o"),
+                         "--model", str(checkpoint)])
+    assert rc == 2 and "--verify needs a watertight object mesh" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "pybullet", None)  # as if pybullet were not installed
+    from dvqvae_model.sim.sample_objects import load_object
+
+    with pytest.raises(grasp_cli.CliError, match="--verify needs pybullet"):
+        grasp_cli.verify_grasps(None, None, load_object("box"))

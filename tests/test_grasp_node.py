@@ -52,6 +52,7 @@ TOPICS = {
     "wrists": ("grasps/wrist_poses", PoseArray),
     "keypoints": ("grasps/keypoints", PoseArray),
     "mano": ("grasps/mano", Float32MultiArray),
+    "scores": ("grasps/scores", Float32MultiArray),
     "joints": ("grasps/joint_states", JointState),
 }
 
@@ -141,7 +142,7 @@ class Harness:
 
     def _outputs(self):
         n = self.node
-        return [n._pub_markers, n._pub_wrists, n._pub_keypoints, n._pub_mano, n._pub_joints]
+        return [n._pub_markers, n._pub_wrists, n._pub_keypoints, n._pub_mano, n._pub_scores, n._pub_joints]
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for status in msg.status:
@@ -217,6 +218,13 @@ def test_cloud_yields_every_output(harness, checkpoint) -> None:
     # the generator maps results back to the input frame: the hands sit around the cloud, not at the origin
     assert np.linalg.norm(keypoints.mean(axis=0) - cloud.mean(axis=0)) < 0.5
 
+    scores = h.inbox["scores"][0]
+    assert [d.label for d in scores.layout.dim] == ["grasp", "term:score,prior,penetration,contact,closure,digits"]
+    table = np.asarray(scores.data, dtype=np.float32).reshape(scores.layout.dim[0].size, scores.layout.dim[1].size)
+    assert table.shape == (k, 6) and np.all(np.isfinite(table)), table  # the node's defaults rank: every term
+    assert np.all(np.diff(table[:, 0]) <= 0), "scores are published best first, like the poses"
+    assert np.all(table[:, 5] >= 0) and np.all(table[:, 5] <= 6)  # parts not touching, of six
+
     js = h.inbox["joints"][0]
     assert len(js.name) == 15 and js.name[0] == "index_mcp" and js.name[-1] == "thumb_ip"
     assert len(js.position) == 15 and np.all(np.isfinite(js.position))
@@ -226,6 +234,54 @@ def test_cloud_yields_every_output(harness, checkpoint) -> None:
     assert diag["backend"] in ("eager", "torchscript", "onnx") and diag["clouds_received"] == "1" and diag["bad_clouds"] == "0"
     assert float(diag["latency_p50_ms"]) > 0 and float(diag["latency_p95_ms"]) >= float(diag["latency_p50_ms"])
     assert {"rate_hz", "clouds_dropped", "last_error", "inference_p50_ms"} <= diag.keys()
+
+
+def test_published_grasps_are_ranked_and_refined(harness) -> None:
+    """What the node publishes is the best of its candidates (then refined), not just the first K sampled.
+
+    The bundled model: its grasps lie at the object's surface, where refinement has work to do (an
+    untrained model puts every hand inside the object's centre).
+    """
+    from dvqvae_model.checkpoint import DEFAULT_MODEL_DIR
+    from dvqvae_model.pipeline.generator import GraspGenerator
+    from dvqvae_model.pipeline.refine import RefineConfig
+
+    k, c, seed, checkpoint = 4, 12, 7, DEFAULT_MODEL_DIR
+    h = harness({"model": "default", "backend": "eager", "num_grasps": k, "candidates": c, "seed": seed,
+                 "refine": False, "max_rate_hz": 0.0, "qos": "reliable"})
+    cloud = box_cloud(seed=2)
+
+    def published(n: int) -> tuple[np.ndarray, np.ndarray]:
+        h.send(cloud, header(n))
+        assert wait_for(lambda: len(h.inbox["mano"]) == n and len(h.inbox["scores"]) == n)
+        mano, scores = h.inbox["mano"][-1], h.inbox["scores"][-1]
+        return (np.asarray(mano.data, np.float32).reshape(-1, 61),
+                np.asarray(scores.data, np.float32).reshape(-1, scores.layout.dim[1].size))
+
+    ranked, ranked_scores = published(1)
+    # every candidate of this seed, scored the same way, offline
+    offline = GraspGenerator.from_checkpoint(checkpoint, ranking=True, refine=False)
+    every = offline.generate(cloud, c, seed=seed, candidates=c)
+    np.testing.assert_allclose(ranked, every.params[:k], atol=1e-5)  # the K best of the C, best first
+    np.testing.assert_allclose(ranked_scores[:, 0], every.scores[:k], atol=1e-4)
+    raw = GraspGenerator.from_checkpoint(checkpoint).generate(cloud, k, seed=seed)  # the first K sampled
+    assert not np.allclose(np.sort(raw.params, axis=0), np.sort(ranked, axis=0), atol=1e-5), \
+        "the published grasps are the raw samples: nothing was ranked"
+
+    ok = h.node.set_parameters([Parameter("refine", value=True), Parameter("refine_steps", value=10),
+                                Parameter("refine_time_ms", value=60_000.0)])
+    assert all(r.successful for r in ok)
+    refined, refined_scores = published(2)
+    assert not np.allclose(refined, ranked, atol=1e-6), "refine=true changed nothing in the published grasps"
+    # a refined grasp replaces its sample only when it scores better: the sorted scores only rise
+    assert np.all(refined_scores[:, 0] >= ranked_scores[:, 0] - 1e-4)
+    assert np.all(refined_scores[:, 2] <= ranked_scores[:, 2].max() + 1e-4)
+    assert isinstance(h.node.generator.refine_config, RefineConfig) and h.node.generator.refine_config.steps == 10
+
+    assert all(r.successful for r in h.node.set_parameters([Parameter("ranking", value=False)]))
+    raw_pub, raw_scores = published(3)
+    np.testing.assert_allclose(raw_pub, raw.params, atol=1e-5)  # the raw path is still there
+    assert np.isnan(raw_scores[:, 1:]).all() and np.all(np.diff(raw_scores[:, 0]) <= 0)
 
 
 def test_markers_skipped_without_subscribers(harness, checkpoint) -> None:

@@ -246,3 +246,13 @@ def test_generate_launch_description_with_real_launch() -> None:  # pragma: no c
     args = {e.name for e in description.entities if isinstance(e, DeclareLaunchArgument)}
     assert {"model", "hand_model", "backend", "points_topic", "use_fake_camera", "input"} <= args
     assert len(description.entities) == len(args) + 3
+
+
+def test_yaml_generation_settings_are_the_shared_defaults() -> None:
+    """The node's file and dvqvae-grasp generate use one source of defaults (dvqvae_model.pipeline.defaults)."""
+    from dvqvae_model.pipeline.defaults import DEFAULTS
+
+    values = yaml.safe_load(CONFIG.read_text())["grasp_generator"]["ros__parameters"]
+    for name in ("num_grasps", "candidates", "ranking", "refine", "refine_steps", "refine_time_ms"):
+        assert values[name] == getattr(DEFAULTS, name), name
+        assert getattr(GraspNodeParameters(), name) == getattr(DEFAULTS, name), name

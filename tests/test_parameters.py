@@ -37,7 +37,8 @@ def test_defaults_are_valid() -> None:
 
 def test_dynamic_parameters_are_the_sampling_ones() -> None:
     assert dynamic_parameter_names(GraspNodeParameters) == {
-        "num_grasps", "temperature", "top_k", "seed", "refine", "max_rate_hz"}
+        "num_grasps", "temperature", "top_k", "seed", "refine", "max_rate_hz", "candidates", "ranking",
+        "refine_steps", "refine_time_ms"}
     assert dynamic_parameter_names(FakeCameraParameters) == frozenset()
 
 

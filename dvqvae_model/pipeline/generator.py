@@ -1,8 +1,13 @@
 """``GraspGenerator``: object point cloud in, ranked hand grasps out (one object, no ROS).
 
 Pipeline: ``prepare_cloud`` (filter, resample to ``num_points``, centre) -> seeded noise made
-here -> ``SamplingGraph`` (tensor-in/tensor-out, exportable) -> optional refinement -> map back
-to the input frame -> sort by score.
+here -> ``SamplingGraph`` (tensor-in/tensor-out, exportable) for ``candidates`` grasps per object
+-> ranking by ``grasp_quality`` (penetration, contact, force closure, prior, measured against the
+cloud) and keeping the best ``num_grasps`` -> optional refinement of those (``refine``) -> map
+back to the input frame -> sort by score. The constructor's defaults are the raw path (the
+graph's own score, nothing after it); the node's settings are
+``GraspGenerator.from_checkpoint(path, **DEFAULTS.generator_options())``
+(``dvqvae_model.pipeline.defaults``), which ``dvqvae-grasp generate`` uses too.
 
 Frames: the cloud is only *centred* (translated), never rotated, so only translation has to be
 undone: ``transl``, vertices, keypoints and joints get the centre added; ``global_orient`` and
@@ -22,6 +27,14 @@ from torch import Tensor, nn
 
 from dvqvae_model.runtime import ExportableGraph, InferenceBackend, config_dict, select_backend
 from dvqvae_model.hand.hand_model import KEYPOINT_SOURCE, SLICE_TRANSL, HandModel, load_hand_model
+from dvqvae_model.pipeline.grasp_quality import (
+    TERM_NAMES,
+    CloudSurface,
+    QualityWeights,
+    combine_terms,
+    quality_terms,
+    vertex_areas,
+)
 from dvqvae_model.pipeline.preprocess import CloudError, prepare_cloud
 from dvqvae_model.nets.prior import GatedPixelCNNPrior, gumbel_noise
 from dvqvae_model.pipeline.refine import RefineConfig, refine_grasps
@@ -49,6 +62,9 @@ class GraspSet:
     timing: dict[str, float] = field(default_factory=dict)  # milliseconds
     centre: np.ndarray = field(default_factory=lambda: np.zeros(3))  # cloud centre in the input frame
     seed: int = 0
+    # per-grasp score terms (grasp_quality.TERM_NAMES, each [K] float32, same order as scores);
+    # empty on the raw path (ranking off)
+    terms: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.params.shape[0])
@@ -56,7 +72,8 @@ class GraspSet:
     def top(self, n: int) -> "GraspSet":
         """The ``n`` best grasps."""
         return GraspSet(self.params[:n], self.vertices[:n], self.keypoints[:n], self.joints[:n],
-                        self.scores[:n], self.faces, dict(self.timing), self.centre, self.seed)
+                        self.scores[:n], self.faces, dict(self.timing), self.centre, self.seed,
+                        {k: v[:n] for k, v in self.terms.items()})
 
 
 def _random_seed() -> int:
@@ -76,7 +93,11 @@ class GraspGenerator:
         device: Union[str, torch.device] = "cpu",
         refine: bool = False,
         refine_steps: Optional[int] = None,
+        refine_time_ms: Optional[float] = None,
         refine_config: Optional[RefineConfig] = None,
+        candidates: int = 0,
+        ranking: bool = False,
+        quality_weights: Optional[QualityWeights] = None,
         score_weights: Optional[ScoreWeights] = None,
         num_score_points: int = 128,
         sampling: str = "voxel",
@@ -103,8 +124,16 @@ class GraspGenerator:
         self.refine_config = refine_config or RefineConfig()
         if refine_steps is not None:
             self.refine_config.steps = int(refine_steps)
+        if refine_time_ms is not None:
+            self.refine_config.max_time_s = float(refine_time_ms) / 1000.0
+        self.candidates = int(candidates)  # sampled per object before ranking; < num_grasps = num_grasps
+        self.ranking = bool(ranking)
+        self.quality_weights = quality_weights or QualityWeights()
         self.score_weights = score_weights or ScoreWeights()
         self.num_score_points = int(num_score_points)
+        with torch.no_grad():
+            self._vertex_areas = vertex_areas(hand.rest().vertices[0], hand.faces).to(self.device)
+        self._refine_warm = False
         # sampling "voxel" by default: as even as farthest-point sampling (the training clouds are
         # area-uniform surface samples, which both approximate) at ~1/10 of its cost on 2 CPU cores
         # (~2 ms vs ~25 ms for 6,000 -> 3,000 points), which matters for a node at camera rate.
@@ -201,8 +230,16 @@ class GraspGenerator:
         if top_k is not None and int(top_k) < 1:
             raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
 
+    def num_candidates(self, num_grasps: int, candidates: Optional[int] = None) -> int:
+        """Grasps sampled per object for ``num_grasps`` kept: ``candidates`` (or the generator's),
+        at least ``num_grasps``; the raw path (ranking off) samples exactly ``num_grasps``."""
+        if not self.ranking:
+            return int(num_grasps)
+        c = self.candidates if candidates is None else int(candidates)
+        return max(int(num_grasps), c)
+
     def generate(self, points: Any, num_grasps: int, *, temperature: float = 1.0, top_k: Optional[int] = None,
-                 seed: Optional[int] = None) -> GraspSet:
+                 seed: Optional[int] = None, candidates: Optional[int] = None) -> GraspSet:
         """Sample ``num_grasps`` grasps for the object cloud ``points [N, 3]`` (N >= 64, any frame).
 
         Same ``seed`` -> same grasps; ``seed=None`` draws a fresh one (stored in ``GraspSet.seed``).
@@ -210,13 +247,15 @@ class GraspGenerator:
         prior (DVQ-VAE only).
         """
         return self.generate_batch([points], num_grasps, temperature=temperature, top_k=top_k,
-                                   seeds=[seed] if seed is not None else None)[0]
+                                   seeds=[seed] if seed is not None else None, candidates=candidates)[0]
 
     def generate_batch(self, clouds: Sequence[Any], num_grasps: int, *, temperature: float = 1.0,
                        top_k: Optional[int] = None,
-                       seeds: Union[None, int, Sequence[Optional[int]]] = None) -> list[GraspSet]:
+                       seeds: Union[None, int, Sequence[Optional[int]]] = None,
+                       candidates: Optional[int] = None) -> list[GraspSet]:
         """Grasps for several objects in one batched pass; equal to per-object ``generate`` calls
         with the same seeds. ``seeds``: None (fresh), an int (object i gets ``seed + i``) or a list.
+        ``candidates``: grasps sampled per object before ranking (default: the generator's).
         """
         self._check_args(num_grasps, temperature, top_k)
         if len(clouds) == 0:
@@ -230,16 +269,27 @@ class GraspGenerator:
             if len(seed_list) != len(clouds):
                 raise ValueError(f"{len(seed_list)} seeds for {len(clouds)} clouds")
         k = int(num_grasps)
+        c = self.num_candidates(k, candidates)
         t0 = time.perf_counter()
-        prepared = [self._prepare(c, s) for c, s in zip(clouds, seed_list)]
+        prepared = [self._prepare(cl, s) for cl, s in zip(clouds, seed_list)]
         points = torch.from_numpy(np.stack([p.points for p in prepared])).to(self.device)
-        noise = torch.cat([self.make_noise(k, s) for s in seed_list], dim=0)
+        noise = torch.cat([self.make_noise(c, s) for s in seed_list], dim=0)
         t1 = time.perf_counter()
         params, vertices, keypoints, scores = self.run_graph(points, noise, temperature, top_k)
         params, vertices, keypoints, scores = (x.clone() for x in (params, vertices, keypoints, scores))
         t2 = time.perf_counter()
+        terms: dict[str, Tensor] = {}
+        if self.ranking or self.refine:  # refinement needs the cloud surface and the scores too
+            with torch.no_grad():
+                surface = CloudSurface(points)
+                scores, terms = self.score_candidates(points, surface, vertices, keypoints, scores)
+                keep = self._best_per_object(scores, len(prepared), c, k)
+                params, vertices, keypoints, scores = (x[keep] for x in (params, vertices, keypoints, scores))
+                terms = {name: v[keep] for name, v in terms.items()}
+        t2r = time.perf_counter()
         if self.refine:
-            params, vertices, keypoints, scores = self._refine(points, params, vertices, keypoints, scores)
+            params, vertices, keypoints, scores, terms = self._refine(points, surface, params, vertices, keypoints,
+                                                                      scores, terms)
         t3 = time.perf_counter()
 
         joint_idx = self._joint_index.to(keypoints.device)
@@ -253,6 +303,8 @@ class GraspGenerator:
             p[:, SLICE_TRANSL] += c32
             s = scores[sl].cpu().numpy().astype(np.float32)
             order = np.argsort(-s, kind="stable")
+            object_terms = {name: terms[name][sl].cpu().numpy().astype(np.float32)[order] for name in TERM_NAMES
+                            if name in terms}
             out.append(GraspSet(
                 params=p[order],
                 vertices=(vertices[sl].cpu().numpy() + c32)[order].astype(np.float32),
@@ -262,13 +314,16 @@ class GraspGenerator:
                 faces=self.faces,
                 centre=centre,
                 seed=seed_list[b],
+                terms=object_terms,
             ))
         t4 = time.perf_counter()
         n = len(prepared)
         timing = {
             "preprocess_ms": (t1 - t0) * 1e3 / n,
             "inference_ms": (t2 - t1) * 1e3 / n,
-            "refine_ms": (t3 - t2) * 1e3 / n,
+            "rank_ms": (t2r - t2) * 1e3 / n,
+            "refine_ms": (t3 - t2r) * 1e3 / n,
+            "candidates": float(c),
             "total_ms": (t4 - t0) * 1e3 / n,
             "batch_objects": float(n),
         }
@@ -276,19 +331,70 @@ class GraspGenerator:
             gs.timing = dict(timing)
         return out
 
-    def _refine(self, points: Tensor, params: Tensor, vertices: Tensor, keypoints: Tensor,
-                scores: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Refine in the centred frame; the score's geometric part is recomputed, its prior part kept."""
-        graph = self.graph(None)
-        scorer = graph.scorer
+    # ------------------------------------------------------------------ ranking and refinement
+    def score_candidates(self, points: Tensor, surface: CloudSurface, vertices: Tensor, keypoints: Tensor,
+                         graph_scores: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """(score [B*K], terms) of hands against their centred clouds ``points [B, N, 3]``.
+
+        The prior term is recovered from the graph's score (which is prior minus its own cheap
+        geometric terms), so the exported graph stays as it is.
+        """
+        scorer = self.graph(None).scorer
+        obj_in_hand, tip_contact = scorer.geometry_terms(points, vertices, keypoints)
+        sw = scorer.weights
+        prior = (graph_scores + sw.penetration * obj_in_hand + sw.contact * tip_contact) / max(sw.prior, 1e-9)
+        terms = quality_terms(surface, vertices, self.hand.part_ids, self._vertex_areas, obj_in_hand,
+                              self.quality_weights)
+        terms["prior"] = prior
+        return combine_terms(prior, terms, self.quality_weights), terms
+
+    @staticmethod
+    def _best_per_object(scores: Tensor, num_objects: int, per_object: int, keep: int) -> Tensor:
+        """Flat indices of the ``keep`` best of each object's ``per_object`` candidates."""
+        if keep >= per_object:
+            return torch.arange(num_objects * per_object, device=scores.device)
+        top = scores.reshape(num_objects, per_object).topk(keep, dim=1).indices
+        base = torch.arange(num_objects, device=scores.device).unsqueeze(1) * per_object
+        return (top + base).reshape(-1)
+
+    def _refine(self, points: Tensor, surface: CloudSurface, params: Tensor, vertices: Tensor, keypoints: Tensor,
+                scores: Tensor, terms: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+        """Refine the best ``refine_config.top`` grasps of each object in the centred frame, then re-score.
+
+        A refined grasp replaces its sample only if its score rose and its penetration did not
+        (as the cloud measures them), so refinement never makes a published grasp worse by
+        those measures.
+        """
+        cfg = self.refine_config
         num_objects = points.shape[0]
         per_object = params.shape[0] // num_objects
-        pts = points.unsqueeze(1).expand(num_objects, per_object, *points.shape[1:]).reshape(-1, *points.shape[1:])
-        refined, _ = refine_grasps(self.hand, params, pts, self.refine_config)
+        top = per_object if cfg.top <= 0 else min(per_object, int(cfg.top))
+        sel = self._best_per_object(scores, num_objects, per_object, top)
+        if not self._refine_warm:  # the first autograd pass pays lazy set-up: not on the clock
+            warm = RefineConfig(**{**cfg.to_dict(), "steps": 1, "max_time_s": 1e9})
+            refine_grasps(self.hand, params[sel][::top], surface, warm, areas=self._vertex_areas)
+            self._refine_warm = True
+        refined, self.last_refine_info = refine_grasps(self.hand, params[sel], surface, cfg, areas=self._vertex_areas)
         with torch.no_grad():
             out = self.hand.from_params(refined)
-            pen0, con0 = scorer.geometry_terms(points, vertices, keypoints)
-            pen1, con1 = scorer.geometry_terms(points, out.vertices, out.keypoints)
-            w = scorer.weights
-            scores = scores + w.penetration * (pen0 - pen1) + w.contact * (con0 - con1)
-        return refined, out.vertices, out.keypoints, scores
+            # score against the same surfaces; objects are grouped, so score per object slice
+            new_scores, new_terms = self.score_candidates(points, surface, out.vertices, out.keypoints,
+                                                          self._graph_score_of(terms["prior"][sel], points, out))
+            better = (new_scores > scores[sel]) & (new_terms["penetration"] <= terms["penetration"][sel] + 1e-6)
+            params, vertices, keypoints, scores = params.clone(), vertices.clone(), keypoints.clone(), scores.clone()
+            params[sel] = torch.where(better.unsqueeze(1), refined, params[sel])
+            vertices[sel] = torch.where(better[:, None, None], out.vertices, vertices[sel])
+            keypoints[sel] = torch.where(better[:, None, None], out.keypoints, keypoints[sel])
+            scores[sel] = torch.where(better, new_scores, scores[sel])
+            terms = {name: v.clone() for name, v in terms.items()}
+            for name in terms:
+                if name in new_terms and terms[name].dim() == 1:
+                    terms[name][sel] = torch.where(better, new_terms[name], terms[name][sel])
+        return params, vertices, keypoints, scores, terms
+
+    def _graph_score_of(self, prior: Tensor, points: Tensor, out: Any) -> Tensor:
+        """The graph's score of posed hands with a known prior term (inverse of ``score_candidates``)."""
+        scorer = self.graph(None).scorer
+        obj_in_hand, tip_contact = scorer.geometry_terms(points, out.vertices, out.keypoints)
+        sw = scorer.weights
+        return sw.prior * prior - sw.penetration * obj_in_hand - sw.contact * tip_contact

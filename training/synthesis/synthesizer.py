@@ -71,6 +71,7 @@ from torch import Tensor
 from dvqvae_model.hand.hand_metadata import FINGER_JOINTS, FINGER_NAMES, local_joint_limits
 from dvqvae_model.hand.hand_model import HandModel
 from dvqvae_model.io import config_from_dict, config_to_dict
+from dvqvae_model.pipeline.force_closure import simplex_min_norm as _simplex_min_norm
 
 __all__ = [
     "METRIC_NAMES",
@@ -1127,41 +1128,6 @@ def _object_in_spheres(points: Tensor, centres: Tensor, radii: Tensor, sphere_sd
     d = (points[p] - centres[b, s]).norm(dim=-1)
     depth = (radii[s] - d).clamp_min(0.0) * 1000.0
     return torch.zeros(B, dtype=centres.dtype).index_add(0, b, depth**2)
-
-
-def _project_simplex(v: Tensor, active: Tensor) -> Tensor:
-    """Euclidean projection of each row of v [B,R] onto the simplex over its active entries."""
-    # inactive entries far below any active one (a moderate constant: cumulative sums must not overflow)
-    big = 1e4 + 2.0 * float(v.abs().max()) if v.numel() else 1e4
-    x = v.masked_fill(~active, -big)
-    u, _ = torch.sort(x, dim=1, descending=True)
-    css = u.cumsum(1) - 1.0
-    k = torch.arange(1, v.shape[1] + 1, dtype=v.dtype)
-    cond = (u - css / k) > 0
-    rho = cond.to(v.dtype).cumsum(1).argmax(1, keepdim=True)  # last index where cond holds
-    theta = css.gather(1, rho) / (rho + 1).to(v.dtype)
-    out = (x - theta).clamp_min(0.0) * active
-    return torch.where(active.any(1, keepdim=True), out, torch.zeros_like(out))
-
-
-def _simplex_min_norm(W: Tensor, active: Tensor, iters: int = 40) -> Tensor:
-    """argmin over the simplex (on active rows) of |sum_r lam_r W_r|^2, batched [B,R,6] -> [B,R].
-
-    Accelerated projected gradient (FISTA, step 1 / trace(G) <= 1 / L); hands without an active
-    row get all-zero weights.
-    """
-    G = W @ W.transpose(1, 2)  # [B,R,R]
-    act = active.to(W.dtype)
-    L = (torch.diagonal(G, dim1=1, dim2=2) * act).sum(1, keepdim=True).clamp_min(1e-9)
-    lam = _project_simplex(act, active)
-    y, t = lam, 1.0
-    for _ in range(iters):
-        grad = (G @ y[..., None])[..., 0]
-        new = _project_simplex(y - grad / L, active)
-        t_new = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
-        y = new + ((t - 1.0) / t_new) * (new - lam)
-        lam, t = new, t_new
-    return lam
 
 
 def _reindexed_adam(opt: torch.optim.Adam, new_params: list[Tensor], keep: Tensor) -> torch.optim.Adam:
