@@ -17,9 +17,11 @@ from dvqvae_training.dataset.datasets import (
     MeshFolderDataset,
     ObManArrays,
     WristJoint,
+    table_cut_keep,
     transform_hand_params,
 )
 from dvqvae_training.synthesis.objects import make_object, recipe_from_seed
+from dvqvae_training.train.config import TrainConfig
 
 N = 600
 
@@ -169,6 +171,31 @@ def test_partial_views(dataset_root, hand):
     world = (item["points"].double().numpy() + item["center"].double().numpy()) @ R  # back to the object frame
     _, dist, _ = trimesh.proximity.closest_point(mesh, world)
     assert np.percentile(dist, 95) < 0.003  # on the surface up to the depth noise
+
+
+def test_table_cut_drops_the_base_facing_away_from_the_camera():
+    rng = np.random.default_rng(3)
+    pts = rng.uniform(-0.03, 0.03, size=(4000, 3))
+    view_dir = np.array([0.0, 0.0, 1.0])  # camera above
+    for _ in range(20):
+        keep = table_cut_keep(pts, view_dir, 0.005, rng)
+        assert 0.5 * len(pts) < keep.sum() < len(pts)  # a slab is cut, most of the object stays
+        dropped = pts[~keep]
+        # the dropped slab lies on the side facing away from the camera
+        assert dropped[:, 2].mean() < pts[keep][:, 2].mean()
+    assert table_cut_keep(pts, view_dir, 0.0, rng).sum() == len(pts) - 1  # only the lowest point itself
+
+
+def test_training_default_sees_partial_views(dataset_root, hand):
+    """The node's input is one depth view: the default training config shows them at its rate."""
+    cfg = TrainConfig(data_dir=str(dataset_root), out_dir="unused")
+    aug = cfg.augmentation()
+    assert 0.0 < aug.partial_prob < 1.0 and aug.table_cut > 0 and aug.depth_noise > 0
+    ds = GraspDataset(dataset_root, "train", augment=aug, hand=hand)
+    partial = [bool(ds[i % len(ds)]["partial"]) for i in range(60)]
+    assert 0 < sum(partial) < 60
+    with pytest.raises(ValueError, match="partial_prob"):
+        Augmentation(partial_prob=1.5)
 
 
 def test_obman_adapter(tmp_path, hand):

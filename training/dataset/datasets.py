@@ -97,10 +97,18 @@ class Augmentation:
     depth_noise: float = 0.0  # extra Gaussian noise std (m) along the viewing ray
     dropout: float = 0.0  # fraction of points removed before resampling
     min_points: int = 64  # partial views with fewer points fall back to the full cloud
+    # Partial views only: points within this height (m) of the object's lowest point along a random
+    # "down" direction facing away from the camera are dropped, as a segmenter's table-plane removal
+    # drops the object's base on a real table.
+    table_cut: float = 0.0
 
     def __post_init__(self) -> None:
         if self.partial_method not in ("auto", "depth_camera", "visibility"):
             raise ValueError(f"unknown partial_method {self.partial_method!r}")
+        if not 0.0 <= self.partial_prob <= 1.0:
+            raise ValueError(f"partial_prob is a probability in [0, 1], got {self.partial_prob}")
+        if self.depth_noise < 0.0 or self.table_cut < 0.0:
+            raise ValueError(f"depth_noise and table_cut are lengths >= 0 (m), got {self.depth_noise}, {self.table_cut}")
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -127,6 +135,16 @@ def visible_points(points: np.ndarray, normals: np.ndarray, camera: np.ndarray) 
     except RuntimeError:  # degenerate hull (coplanar points): keep the facing ones
         return facing
     return facing[np.asarray(idx, dtype=np.int64)]
+
+
+def table_cut_keep(points: np.ndarray, view_dir: np.ndarray, cut: float, rng: np.random.Generator) -> np.ndarray:
+    """Mask of the points a table-plane removal keeps: the table lies under the object along a
+    random "down" direction that points away from the camera (a camera looks down at a table)."""
+    down = random_view_direction(rng)
+    if down @ view_dir > 0:  # view_dir points from the object to the camera: down must oppose it
+        down = -down
+    height = points @ -down
+    return height > height.min() + cut
 
 
 def resample(n_total: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -175,9 +193,11 @@ def make_view(
             view = transform_points(cam_pts, cam_to_world)
             if len(view) >= aug.min_points:
                 _, nn = cKDTree(pts).query(view)
+                view_dir = cam_to_world[:3, 3] - view.mean(0)
                 pts, nrm, partial = view, nrm[nn], True
         else:
-            cam = pts.mean(0) + aug.camera_distance * random_view_direction(rng)
+            view_dir = random_view_direction(rng)
+            cam = pts.mean(0) + aug.camera_distance * view_dir
             idx = visible_points(pts, nrm, cam)
             if len(idx) >= aug.min_points:
                 pts, nrm, partial = pts[idx], nrm[idx], True
@@ -185,6 +205,10 @@ def make_view(
                     ray = pts - cam
                     ray /= np.linalg.norm(ray, axis=1, keepdims=True)
                     pts = pts + ray * rng.normal(scale=aug.depth_noise, size=(len(pts), 1))
+        if partial and aug.table_cut > 0:
+            keep = table_cut_keep(pts, view_dir / np.linalg.norm(view_dir), aug.table_cut, rng)
+            if keep.sum() >= aug.min_points:
+                pts, nrm = pts[keep], nrm[keep]
     elif aug.depth_noise > 0:
         pts = pts + rng.normal(scale=aug.depth_noise, size=pts.shape)
     if aug.dropout > 0 and len(pts) > aug.min_points:

@@ -57,8 +57,14 @@ class TrainConfig:
     # data
     rotate: bool = True  # uniform SO(3) augmentation of object + hand together
     translate: float = 0.0
-    partial_prob: float = 0.0  # share of single-view partial clouds
-    depth_noise: float = 0.0
+    # The node's input is one depth view of the object, so training sees one too, in this share of
+    # samples: the stored cloud's points visible from a random camera ("visibility": hidden-point
+    # removal, ~1 ms; "depth_camera" renders the rebuilt mesh, ~0.3-1.5 s a sample, for evaluation),
+    # with depth noise along the rays and the base cut off as a table-plane removal would.
+    partial_prob: float = 0.3
+    partial_method: str = "visibility"
+    depth_noise: float = 0.001  # m, Gaussian std (along the rays on partial views)
+    table_cut: float = 0.005  # m above the object's lowest point, partial views only
     max_displacement_cm: float = 0.0  # keep only grasps that held in simulation (0 = keep all)
     val_fraction: float = 0.1  # objects held out of "train" when the dataset has no "val" split
     val_max_batches: int = 0  # 0 = the whole validation split
@@ -96,7 +102,8 @@ class TrainConfig:
 
     def augmentation(self) -> Augmentation:
         return Augmentation(rotate=self.rotate, translate=self.translate, partial_prob=self.partial_prob,
-                            depth_noise=self.depth_noise)
+                            partial_method=self.partial_method, depth_noise=self.depth_noise,
+                            table_cut=self.table_cut)
 
 
 @dataclass

@@ -69,8 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="prior stage: DVQ-VAE checkpoint (default OUT/dvqvae/checkpoint)")
     p.add_argument("--grad-clip", type=float, default=None)
     p.add_argument("--no-rotate", action="store_true", help="no SO(3) augmentation")
-    p.add_argument("--partial-prob", type=float, default=0.0, help="share of single-view partial clouds")
-    p.add_argument("--depth-noise", type=float, default=0.0, help="depth noise std (m)")
+    p.add_argument("--partial-prob", type=float, default=None,
+                   help="share of samples seen as one depth view of the object (default 0.3; 0 = full clouds only)")
+    p.add_argument("--partial-method", choices=("visibility", "depth_camera", "auto"), default=None,
+                   help="how partial views are made (default visibility: hidden-point removal on the stored "
+                        "cloud; depth_camera renders the rebuilt mesh, 100x slower)")
+    p.add_argument("--depth-noise", type=float, default=None, help="depth noise std in m (default 0.001)")
+    p.add_argument("--table-cut", type=float, default=None,
+                   help="partial views: drop points this close (m) to the object's base (default 0.005)")
     p.add_argument("--max-displacement-cm", type=float, default=0.0,
                    help="train only on grasps whose simulated displacement is at most this (0 = all)")
     p.add_argument("--val-fraction", type=float, default=0.1, help="held-out objects when the data has no val split")
@@ -96,11 +102,13 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PriorTrainConfig]:
     progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     common = dict(data_dir=args.data, out_dir=args.out, preset=args.preset, variant=args.variant, hand=args.hand,
                   position_sees_codes=args.position_sees_codes,
-                  num_points=args.num_points, rotate=not args.no_rotate, partial_prob=args.partial_prob,
-                  depth_noise=args.depth_noise, max_displacement_cm=args.max_displacement_cm,
+                  num_points=args.num_points, rotate=not args.no_rotate, max_displacement_cm=args.max_displacement_cm,
                   val_fraction=args.val_fraction, val_max_batches=args.val_max_batches, seed=args.seed,
                   device=args.device, num_threads=args.num_threads, num_workers=args.workers,
                   max_minutes=args.max_minutes, max_steps=args.max_steps, resume=args.resume, progress=progress)
+    for name in ("partial_prob", "partial_method", "depth_noise", "table_cut"):
+        if getattr(args, name) is not None:
+            common[name] = getattr(args, name)
     if args.grad_clip is not None:
         common["grad_clip"] = args.grad_clip
     if args.save_every is not None:
