@@ -105,7 +105,15 @@ def test_split_assignment_ratios_and_override(tmp_path):
             w.add_object("bad", o["points"], o["normals"], "{}", o["params"], split="holdout")
         with pytest.raises(ValueError, match="points"):
             w.add_object("short", o["points"][:10], o["normals"][:10], "{}", o["params"])
+        G = len(o["params"])
+        with pytest.raises(ValueError, match="unknown grasp type 'pinchh'"):
+            w.add_object("typo", o["points"], o["normals"], "{}", o["params"], grasp_types=["pinchh"] * G)
+        with pytest.raises(ValueError, match="grasp type index 99 out of range"):
+            w.add_object("typo", o["points"], o["normals"], "{}", o["params"], grasp_types=[99] * G)
+        with pytest.raises(ValueError, match="grasp types for"):
+            w.add_object("typo", o["points"], o["normals"], "{}", o["params"], grasp_types=[0] * (G + 1))
         assert not w.has_object("bad") and not w.has_object("short")  # failed adds leave nothing
+        assert not w.has_object("typo")
     assert DatasetReader(tmp_path).object_ids("test") == ["forced"]
 
 

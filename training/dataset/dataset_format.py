@@ -376,38 +376,11 @@ class DatasetWriter:
         G = len(prm)
         if not np.isfinite(prm).all():
             raise ValueError("grasp params contain NaN or inf")
-        types = np.full(G, -1, dtype=np.int16)
-        if grasp_types is not None:
-            gt = list(grasp_types)
-            if len(gt) != G:
-                raise ValueError(f"{len(gt)} grasp types for {G} grasps")
-            names = self.grasp_types
-            for i, t in enumerate(gt):
-                if isinstance(t, str):
-                    if t not in names:
-                        raise ValueError(f"unknown grasp type {t!r}; dataset types {names}")
-                    types[i] = names.index(t)
-                else:
-                    if not -1 <= int(t) < len(names):
-                        raise ValueError(f"grasp type index {t} out of range")
-                    types[i] = int(t)
-        lab = np.full(G, -1, dtype=np.int16)
-        if labels is not None:
-            names = list(self.manifest.get("grasp_labels") or [])
-            if not names:
-                raise ValueError("labels given, but the dataset was opened without grasp_labels")
-            gl = list(labels)
-            if len(gl) != G:
-                raise ValueError(f"{len(gl)} grasp labels for {G} grasps")
-            for i, t in enumerate(gl):
-                if isinstance(t, str):
-                    if t not in names:
-                        raise ValueError(f"unknown grasp label {t!r}; dataset labels {names}")
-                    lab[i] = names.index(t)
-                else:
-                    if not -1 <= int(t) < len(names):
-                        raise ValueError(f"grasp label index {t} out of range")
-                    lab[i] = int(t)
+        types = _name_indices(grasp_types, self.grasp_types, G, "grasp type")
+        label_names = list(self.manifest.get("grasp_labels") or [])
+        if labels is not None and not label_names:
+            raise ValueError("labels given, but the dataset was opened without grasp_labels")
+        lab = _name_indices(labels, label_names, G, "grasp label")
         M = len(self.metric_names)
         met = np.full((G, M), np.nan, dtype=np.float32)
         if metrics is not None:
@@ -649,3 +622,25 @@ def sample_surface(mesh: Any, num_points: int = 3000, seed: int = 0) -> tuple[np
 
     pts, face_idx = trimesh.sample.sample_surface(mesh, num_points, seed=seed)
     return np.asarray(pts, dtype=np.float32), np.asarray(mesh.face_normals[face_idx], dtype=np.float32)
+
+
+def _name_indices(values: Sequence[int | str] | np.ndarray | None, names: Sequence[str], count: int,
+                  what: str) -> np.ndarray:
+    """Per-grasp indices into ``names`` from names or indices (-1 = none), checked: a typo in a
+    type or label name is an error, not a silently unlabelled grasp."""
+    out = np.full(count, -1, dtype=np.int16)
+    if values is None:
+        return out
+    vals = list(values)
+    if len(vals) != count:
+        raise ValueError(f"{len(vals)} {what}s for {count} grasps")
+    for i, v in enumerate(vals):
+        if isinstance(v, str):
+            if v not in names:
+                raise ValueError(f"unknown {what} {v!r}; dataset {what}s {list(names)}")
+            out[i] = list(names).index(v)
+        else:
+            if not -1 <= int(v) < len(names):
+                raise ValueError(f"{what} index {v} out of range")
+            out[i] = int(v)
+    return out
