@@ -83,7 +83,11 @@ def test_round_trip_parity_and_dynamic_k(gens, exported, kind: str, fmt: str) ->
     # sidecar: identity of the model, I/O contract, versions, build-time parity
     assert meta["graph"] == graph_identity(gen, None)
     assert [i["name"] for i in meta["io"]["inputs"]] == ["points", "noise", "temperature"]
-    assert [o["name"] for o in meta["io"]["outputs"]] == ["params", "vertices", "keypoints", "scores"]
+    # DVQ-VAE artifacts also return the sampled tokens (the parity checks compare them); the CVAE has none
+    extra = ["tokens"] if kind == "dvqvae" else []
+    assert [o["name"] for o in meta["io"]["outputs"]] == ["params", "vertices", "keypoints", "scores", *extra]
+    assert meta["verification"]["tokens_compared"] == (kind == "dvqvae")
+    assert meta["verification"]["token_flips"] == 0  # fp32 CPU runtimes: no flips
     assert meta["io"]["inputs"][1]["shape"][0] == "K" and meta["io"]["inputs"][0]["shape"] == [1, NUM_POINTS, 3]
     assert meta["versions"]["torch"] == torch.__version__
     assert meta["verification"]["passed"] and meta["verification"]["max_vertex_error_m"] <= TOL_M
