@@ -161,6 +161,19 @@ class ArtifactBackend(InferenceBackend):
     def artifact_path(self) -> Optional[Path]:
         return next(iter(self._loaded.values())).path if self._loaded else None
 
+    def top_k_values(self) -> list[Optional[int]]:
+        """The ``top_k`` values whose artifacts are loaded (None = no truncation)."""
+        return list(self._loaded)
+
+    def has_top_k(self, top_k: Optional[int]) -> bool:
+        """True when the artifact for ``top_k`` is loaded (no build or load needed)."""
+        return (None if top_k is None else int(top_k)) in self._loaded
+
+    def serves_top_k(self, top_k: Optional[int]) -> bool:
+        """True when this backend can sample with ``top_k``: any value in cache mode (built on first
+        use), only the exported one for an explicit artifact."""
+        return self._provider is not None or self.has_top_k(top_k)
+
     def artifact(self, top_k: Optional[int]) -> _Loaded:
         key = None if top_k is None else int(top_k)
         if key not in self._loaded:
