@@ -24,7 +24,9 @@ refine_steps, refine_time_ms, max_rate_hz) can be changed at run time; the other
 read-only. Defaults: ``dvqvae_model.pipeline.defaults`` (shared with ``dvqvae-grasp generate``).
 
 Inference backends (eager, TorchScript, ONNX Runtime, TensorRT; ``auto`` = the
-fastest available) come from ``dvqvae_model.runtime.backends`` through ``GraspGenerator``.
+fastest available) come from ``dvqvae_model.runtime.backends`` through ``GraspGenerator``:
+a prebuilt artifact (``artifact``, e.g. a TensorRT engine from ``dvqvae-export``; the export
+package is not needed to load it) or one built into the artifact cache (``force_rebuild``).
 """
 from __future__ import annotations
 
