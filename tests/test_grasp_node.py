@@ -817,6 +817,21 @@ def test_prebuilt_artifact_without_the_export_package(ctx, checkpoint, tmp_path,
         start(force_rebuild=True)
 
 
+def test_auto_fallback_reason_is_logged(ctx) -> None:
+    """When backend auto could not use TensorRT, the node says why and what runs instead."""
+    fake = FakeGenerator()
+    fake.backend = SimpleNamespace(describe=lambda: {"backend": "onnx", "selection": {
+        "mode": "auto", "choice": "onnx", "fallback_reason": "TensorRT failed (BackendError: out of memory)"}})
+    node = GraspGeneratorNode(context=ctx, namespace=f"/f{uuid.uuid4().hex[:6]}", generator_factory=lambda p: fake)
+    try:
+        said: list[str] = []
+        node.get_logger = lambda: SimpleNamespace(warning=said.append, info=said.append)  # type: ignore[method-assign]
+        node._log_backend()
+        assert said == ["backend auto: TensorRT failed (BackendError: out of memory); running custom instead"]
+    finally:
+        node.destroy_node()
+
+
 def test_cross_process(ctx, checkpoint) -> None:
     """``python -m dvqvae_ros.grasp_node --ros-args ...`` in a subprocess, driven over DDS."""
     ns = f"/x{uuid.uuid4().hex[:8]}"
