@@ -38,7 +38,9 @@ setup(
         "data": ["open3d>=0.18", "pybullet>=3.2.5", "scikit-learn>=1.3", "rtree>=1.0"],
         "viz": ["plotly>=5.0"],
         "onnx": ["onnx>=1.15", "onnxruntime>=1.17"],
-        "tensorrt": ["torch-tensorrt>=2.4"],
+        # Torch-TensorRT pairs with one torch minor release: 2.13.* needs torch 2.13 (requirements.txt); an open
+        # bound resolves to a newer release that moves torch off its pin. README: the CUDA install command.
+        "tensorrt": ["torch-tensorrt==2.13.*"],
         "dev": ["pytest>=7"],
     },
     zip_safe=True,

@@ -24,7 +24,9 @@ refine_steps, refine_time_ms, max_rate_hz) can be changed at run time; the other
 read-only. Defaults: ``dvqvae_model.pipeline.defaults`` (shared with ``dvqvae-grasp generate``).
 
 Inference backends (eager, TorchScript, ONNX Runtime, TensorRT; ``auto`` = the
-fastest available) come from ``dvqvae_model.runtime.backends`` through ``GraspGenerator``.
+fastest available) come from ``dvqvae_model.runtime.backends`` through ``GraspGenerator``:
+a prebuilt artifact (``artifact``, e.g. a TensorRT engine from ``dvqvae-export``; the export
+package is not needed to load it) or one built into the artifact cache (``force_rebuild``).
 """
 from __future__ import annotations
 
@@ -74,6 +76,7 @@ __all__ = [
     "DEFAULT_MODEL_DIR",
     "GraspGeneratorNode",
     "StartupError",
+    "backend_options",
     "create_generator",
     "generator_options",
     "main",
@@ -145,19 +148,42 @@ def _check_device(device: str) -> None:
             )
 
 
+def backend_options(params: GraspNodeParameters) -> dict[str, Any]:
+    """``GraspGenerator``'s ``backend_options`` from node parameters: a prebuilt artifact (loaded through
+    ``dvqvae_model.runtime``; the export package is not needed) or the cache, and ``force_rebuild``."""
+    return {"artifact": params.artifact or None, "force_rebuild": params.force_rebuild}
+
+
+def top_k_problem(backend: Any, top_k: int) -> Optional[str]:
+    """Why ``backend`` cannot sample with ``top_k`` without a new build (None: it can, or it is no artifact
+    backend). An explicit artifact holds one ``top_k`` (a constant of its graph)."""
+    serves = getattr(backend, "serves_top_k", None)
+    if serves is None or serves(top_k if top_k > 0 else None):
+        return None
+    fixed = getattr(backend, "top_k_values", lambda: [])()
+    have = ", ".join("0" if k is None else str(k) for k in fixed)
+    return (f"the artifact {getattr(backend, 'artifact_path', '')} was exported for top_k={have}; set top_k:={have} "
+            f"or export one with dvqvae-export --top-k {top_k}")
+
+
 def create_generator(params: GraspNodeParameters) -> tuple[GeneratorLike, str]:
     """The generator for ``params`` on the backend it names (``auto``: the fastest available here)."""
     from dvqvae_model.pipeline.generator import GraspGenerator
 
     _check_device(params.device)
     model_dir = resolve_model_path(params.model)
+    source = f" and artifact {params.artifact!r}" if params.artifact else ""
     try:
         gen = GraspGenerator.from_checkpoint(model_dir, hand=params.hand_model, device=params.device,
-                                             backend=params.backend, **generator_options(params))
+                                             backend=params.backend, backend_options=backend_options(params),
+                                             **generator_options(params))
     except (OSError, ValueError, RuntimeError, KeyError, MemoryError, pickle.UnpicklingError) as exc:
-        # CheckpointError is a RuntimeError; a refused hand pickle (UnsafePickleError) an UnpicklingError
-        raise StartupError(f"cannot load model {str(model_dir)!r} with backend {params.backend} and "
+        # CheckpointError and BackendError are RuntimeErrors; a refused hand pickle an UnpicklingError
+        raise StartupError(f"cannot load model {str(model_dir)!r} with backend {params.backend}{source} and "
                            f"hand_model {params.hand_model!r}: {type(exc).__name__}: {exc}") from exc
+    problem = top_k_problem(getattr(gen, "backend", None), params.top_k)
+    if problem:
+        raise StartupError(f"top_k:={params.top_k}: {problem}")
     return gen, str(getattr(gen, "backend_name", params.backend))
 
 
@@ -244,6 +270,7 @@ class GraspGeneratorNode(Node):
                 self.generator, self.backend = generator_factory(self.params), "custom"
             else:
                 self.generator, self.backend = create_generator(self.params)
+            self._log_backend()
             self._flexion_axes = self._rest_flexion_axes()
             # meshes as CDR bytes written by numpy, if this middleware's encoding allows (checked once)
             self._serialized_markers = messages.serialized_markers_supported()
@@ -281,6 +308,19 @@ class GraspGeneratorNode(Node):
             f"mode={self.params.mode}, listening on {self._sub.topic_name}")
 
     # ------------------------------------------------------------------ start-up helpers
+    def _log_backend(self) -> None:
+        """Say which backend runs, from which artifact, and why ``auto`` fell back (if it did)."""
+        backend = getattr(self.generator, "backend", None)
+        describe = getattr(backend, "describe", None)
+        info = describe() if callable(describe) else {}
+        selection = info.get("selection") or {}
+        if selection.get("fallback_reason"):
+            self.get_logger().warning(f"backend auto: {selection['fallback_reason']}; running {self.backend} "
+                                      "instead")
+        if info.get("mode") == "explicit":
+            self.get_logger().info(f"backend {self.backend}: artifact {self.params.artifact} "
+                                   f"({info.get('precision')}, top_k={self._sampling.top_k})")
+
     def _rest_flexion_axes(self) -> np.ndarray:
         """Flexion axes from the generator's hand at rest (fallback: +z, MANO's finger flexion axis)."""
         hand = getattr(self.generator, "hand", None)
@@ -468,9 +508,19 @@ class GraspGeneratorNode(Node):
             if p.name not in dynamic:
                 continue  # read-only ones are refused by rclpy itself; unknown ones are not ours
             try:
-                check_update(GraspNodeParameters, p.name, p.value)
+                value = check_update(GraspNodeParameters, p.name, p.value)
             except ParameterError as exc:
                 return SetParametersResult(successful=False, reason=str(exc))
+            if p.name == "top_k":
+                backend = getattr(self.generator, "backend", None)
+                problem = top_k_problem(backend, value)
+                if problem:
+                    return SetParametersResult(successful=False, reason=f"top_k: {problem}")
+                if getattr(backend, "name", "") == "tensorrt" and getattr(backend, "mode", "") == "cache" \
+                        and not backend.has_top_k(value if value > 0 else None):
+                    self.get_logger().warning(
+                        f"top_k:={value}: the TensorRT engine for it is built now, on the worker thread (minutes "
+                        "on first use; cached afterwards); prebuild it with dvqvae-export --top-k and artifact:=")
         return SetParametersResult(successful=True)
 
     def _apply_update(self, params: list[Parameter]) -> None:

@@ -18,6 +18,7 @@ import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 from dvqvae_model.pipeline.defaults import DEFAULTS
@@ -122,6 +123,19 @@ def _boolean(value: Any) -> bool:
     return value
 
 
+def _artifact(value: Any) -> str:
+    """Empty (use the artifact cache) or an existing artifact directory / graph file."""
+    if value is None:  # an empty YAML value arrives as None
+        return ""
+    if not isinstance(value, str):
+        raise ValueError(f"must be a path (or empty for the artifact cache), got {value!r}")
+    path = value.strip()
+    if path and not Path(path).expanduser().exists():
+        raise ValueError(f"no such artifact directory or file: {path!r} (write one with dvqvae-export, or leave "
+                         "artifact empty to build one in the cache)")
+    return path
+
+
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?)$")
 
 
@@ -169,6 +183,14 @@ class GraspNodeParameters:
         "auto", "inference backend: " + " | ".join(BACKEND_CHOICES) + " (auto picks the best available)",
         _choice(BACKEND_CHOICES))
     device: str = _param("cpu", "torch device: cpu | cuda | cuda:N", _device)
+    artifact: str = _param(
+        "", "prebuilt inference artifact written by dvqvae-export (its directory or graph file): loaded and "
+        "checked against the model at start-up, no build; empty = build or reuse one in the artifact cache. "
+        "Needs a backend that runs it (auto takes the artifact's format); fixes top_k to the exported one",
+        _artifact)
+    force_rebuild: bool = _param(
+        False, "rebuild the cached artifact (and re-measure backend auto) at start-up although a valid one "
+        "exists; not with an explicit artifact", _boolean)
     num_grasps: int = _param(DEFAULTS.num_grasps, f"grasps published per cloud, 1..{MAX_GRASPS}",
                              _integer(1, MAX_GRASPS), dynamic=True)
     candidates: int = _param(
@@ -215,10 +237,20 @@ class GraspNodeParameters:
     @staticmethod
     def cross_check(values: Mapping[str, Any]) -> list[str]:
         """Problems between parameters (each one valid on its own)."""
+        problems = []
         lo, hi = values.get("min_extent"), values.get("max_extent")
         if lo is not None and hi is not None and lo >= hi:
-            return [f"  - min_extent / max_extent: min_extent ({lo:g} m) must be < max_extent ({hi:g} m)"]
-        return []
+            problems.append(f"  - min_extent / max_extent: min_extent ({lo:g} m) must be < max_extent ({hi:g} m)")
+        artifact, backend = values.get("artifact"), values.get("backend")
+        if artifact and backend == "eager":
+            problems.append("  - artifact / backend: backend eager runs the PyTorch model, not an artifact; use "
+                            "backend auto (or the artifact's format: torchscript, onnx, tensorrt)")
+        if artifact and values.get("force_rebuild"):
+            problems.append("  - artifact / force_rebuild: force_rebuild rebuilds the artifact cache, which an "
+                            "explicit artifact bypasses; re-export the artifact instead, or clear artifact")
+        if values.get("force_rebuild") and backend == "eager" and not artifact:
+            problems.append("  - force_rebuild / backend: backend eager builds nothing to rebuild")
+        return problems
 
     @property
     def sampling(self) -> "SamplingSettings":

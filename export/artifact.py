@@ -89,11 +89,15 @@ class ExportResult:
             "inputs": {i["name"]: i["shape"] for i in self.sidecar["io"]["inputs"]},
             "outputs": {o["name"]: o["shape"] for o in self.sidecar["io"]["outputs"]},
             "parity": {"grasps": ver.get("grasps"), "max_vertex_error_m": ver.get("max_vertex_error_m"),
-                       "tolerance_m": ver.get("tolerance_m"), "passed": ver.get("passed")},
+                       "tolerance_m": ver.get("tolerance_m"), "passed": ver.get("passed"),
+                       "tokens_compared": ver.get("tokens_compared"), "token_flips": ver.get("token_flips")},
             "build_seconds": self.sidecar.get("build_seconds"),
         }
         if "opset" in art:
             out["opset"] = art["opset"]
+        if "tensorrt" in self.sidecar:  # engines / graph breaks, and the fp16 plan
+            trt = self.sidecar["tensorrt"]
+            out["tensorrt"] = {"segments": trt.get("segments"), "precision_plan": trt.get("precision_plan")}
         if self.checks:
             out["checks"] = self.checks
         return out

@@ -4,11 +4,17 @@
                   [--top-k K] [--opset 17] [--hand standin] [--num-points N] [--check-export]
 
 Writes ``DIR/graph.{ts,onnx,ep}`` and ``DIR/artifact.json`` atomically (a crash leaves the old
-artifact or none) after checking the artifact against eager PyTorch at K = 1 and 16 grasps.
+artifact or none) after checking the artifact against eager PyTorch at K = 1 and 16 grasps
+(geometry on the grasps that sampled eager's tokens; a token may differ only on a near-tie).
 ``--check-export`` (always on for tensorrt) also proves with ``torch.export`` that the graph has a
-dynamic K and no random operators. Prints a JSON summary; exit code 2 on errors.
-Load the result with ``GraspGenerator.from_checkpoint(CKPT, backend=FORMAT, artifact=DIR)``
-(node: ``backend:=onnx`` etc.).
+dynamic K and no random operators. TensorRT needs CUDA and torch-tensorrt 2.13 (README); the
+sidecar records its engine / PyTorch segment count. ``--fp16``: the networks in half precision
+with explicit casts, hand layer and scorer in fp32. Prints a JSON summary; exit code 2 on errors.
+
+Load the result without this package (only ``dvqvae_model.runtime`` is needed)::
+
+    GraspGenerator.from_checkpoint(CKPT, backend=FORMAT, backend_options={"artifact": DIR})
+    grasp_generator --ros-args -p model:=CKPT -p backend:=FORMAT -p artifact:=DIR   # the node
 """
 from __future__ import annotations
 
@@ -35,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint directory (config.json + *.safetensors)")
     p.add_argument("--format", required=True, choices=ARTIFACT_FORMATS, help="artifact format")
     p.add_argument("--out", required=True, help="artifact directory to write (replaced atomically)")
-    p.add_argument("--fp16", action="store_true", help="TensorRT only: fp16 engine (autocast or half cast)")
+    p.add_argument("--fp16", action="store_true",
+                   help="TensorRT only: encoders, prior and decoders in fp16 (explicit casts), hand layer and "
+                        "scorer in fp32")
     p.add_argument("--max-grasps", type=int, default=DEFAULT_MAX_GRASPS,
                    help=f"largest K of the TensorRT optimisation profile (default {DEFAULT_MAX_GRASPS}; "
                         "larger requests run in chunks)")
@@ -43,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, default=ONNX_OPSET, help=f"ONNX opset (default {ONNX_OPSET})")
     p.add_argument("--hand", default="standin", help="'standin' or the path of MANO_RIGHT.pkl")
     p.add_argument("--num-points", type=int, default=0, help="cloud size of the graph (0 = the model's own)")
-    p.add_argument("--device", default="", help="torch device for TensorRT (default cuda)")
+    p.add_argument("--device", default="", help="torch device for TensorRT: cuda or cuda:N (default cuda); "
+                   "the engine is built for and tied to that GPU model")
     p.add_argument("--check-export", action="store_true",
                    help="also prove torch.export with dynamic K and no random ops (always for tensorrt)")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")

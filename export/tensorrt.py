@@ -1,16 +1,19 @@
 """TensorRT export (Torch-TensorRT dynamo path) and its CPU-side proof with ``torch.export``.
 
-On a CUDA machine ``export_tensorrt`` compiles the sampling graph with
-``torch_tensorrt.compile(module, ir="dynamo", inputs=[Input(...), Input(min/opt/max K), Input(...)])``
-(fp32, or fp16 through rule-based autocast / a half cast), saves it with
-``torch_tensorrt.save(..., output_format="exported_program")`` and checks the reloaded
-``torch_tensorrt.load(path).module()`` against eager (see ``dvqvae_model.runtime.parity``).
+On a CUDA machine ``export_tensorrt`` compiles the sampling graph with Torch-TensorRT 2.13
+(``torch_tensorrt.compile(module, ir="dynamo", inputs=[Input(...), Input(min/opt/max K), Input(...)],
+device=..., assume_dynamic_shape_support=True, ...)``, see ``runtime.converters``; fp32, or fp16 by
+explicit typing, see ``runtime.precision``), saves it with ``torch_tensorrt.save(...,
+output_format="exported_program")``, records how many engines / PyTorch segments the graph became,
+and checks the reloaded ``torch_tensorrt.load(path).module()`` against eager, sampled tokens
+included (``dvqvae_model.runtime.parity``).
 
 Before that, and on any machine, ``check_exportable`` proves the part that does not need a GPU:
-the very graph TensorRT receives exports with ``torch.export.export`` with a symbolic grasp
-dimension ``K`` (``torch.export.Dim``), lowers to core ATen without a single random or multinomial
-operator (sampling noise is an input; dropout vanishes in eval mode), and the exported program
-matches eager at K values other than the example's. What is left for the GPU is TensorRT itself.
+the very module TensorRT receives (same precision) exports with ``torch.export.export`` with a
+symbolic grasp dimension ``K`` (``torch.export.Dim``), lowers to core ATen without a single random
+or multinomial operator (sampling noise is an input; dropout vanishes in eval mode), and the
+exported program matches eager at K values other than the example's. What is left for the GPU is
+TensorRT itself.
 """
 from __future__ import annotations
 
@@ -25,15 +28,15 @@ from torch import nn
 from dvqvae_model.runtime.artifacts import (
     DEFAULT_MAX_GRASPS,
     EXAMPLE_GRASPS,
-    PARITY_TOLERANCE_M,
     BackendError,
     BackendUnavailable,
     tensorrt_problem,
 )
 from dvqvae_model.runtime.build import build_artifact
-from dvqvae_model.runtime.converters import inference_copy
-from dvqvae_model.runtime.parity import eager_outputs, parity, probe_points
+from dvqvae_model.runtime.converters import export_module
 from dvqvae_model.runtime.exportable import as_exportable
+from dvqvae_model.runtime.parity import eager_outputs, judge, parity, probe_points, verify_runner
+from dvqvae_model.runtime.precision import node_precisions
 
 from .artifact import ExportResult
 
@@ -77,10 +80,14 @@ class ExportCheck:
     random_ops: list[str]
     dynamic_dims: dict[str, str]  # input name -> symbolic size of its first dimension ("" if static)
     range_constraints: dict[str, str]
-    parity: dict[str, dict[str, float]]  # K -> max abs error per output (exported program vs eager)
+    parity: dict[str, dict[str, float]]  # K -> max abs error per output (eager's tokens) and token_flips
     decomposed: bool
     decomposed_parity: dict[str, Any] = field(default_factory=dict)  # K -> errors, or an error message
     exported_program: Any = None
+    precision: str = "fp32"
+    fp16_plan: Optional[dict[str, list[str]]] = None  # runtime.precision.mixed_fp16's plan (fp16 only)
+    token_flips: list[dict[str, Any]] = field(default_factory=list)  # near-tie flips seen
+    precisions: dict[str, dict[str, int]] = field(default_factory=dict)  # part -> node output dtypes
 
     @property
     def max_vertex_error_m(self) -> float:
@@ -90,7 +97,9 @@ class ExportCheck:
         return {"num_nodes": self.num_nodes, "distinct_ops": len(self.op_counts), "random_ops": self.random_ops,
                 "dynamic_dims": self.dynamic_dims, "range_constraints": self.range_constraints,
                 "max_vertex_error_m": self.max_vertex_error_m, "parity": self.parity,
-                "decomposed_to_core_aten": self.decomposed, "decomposed_parity": self.decomposed_parity}
+                "decomposed_to_core_aten": self.decomposed, "decomposed_parity": self.decomposed_parity,
+                "precision": self.precision, "fp16_plan": self.fp16_plan, "token_flips": self.token_flips,
+                "node_dtypes": self.precisions}
 
 
 def export_program(graph: nn.Module, num_points: int, noise_tail: Sequence[int], *,
@@ -108,16 +117,20 @@ def export_program(graph: nn.Module, num_points: int, noise_tail: Sequence[int],
 
 def check_exportable(generator: Any, *, top_k: Optional[int] = None, max_grasps: int = DEFAULT_MAX_GRASPS,
                      check_grasps: Sequence[int] = (1, 16), decompose: bool = True,
-                     run_decomposed: bool = True) -> ExportCheck:
+                     run_decomposed: bool = True, fp16: bool = False) -> ExportCheck:
     """Prove on CPU that the generator's sampling graph is TensorRT-ready (see module docstring).
 
-    Raises ``BackendError`` on random operators, a static K, or a parity failure of the exported
-    program (vertices beyond 1e-4 m). With ``run_decomposed`` the core-ATen program is also run;
-    its result is recorded (``decomposed_parity``), not enforced: TensorRT converts that graph, it
-    does not execute it with PyTorch's stride rules.
+    The graph checked is the module ``compile_tensorrt`` receives (``converters.export_module``:
+    batch norms folded, the token output, and with ``fp16`` the explicit mixed precision, whose
+    node dtypes ``precisions`` records). Raises ``BackendError`` on random operators, a static K, or
+    a parity failure of the exported program (``parity.judge``: vertices beyond 1e-4 m, fp16 1e-3 m,
+    on the grasps with eager's tokens, or a token flip that is not a near-tie). With
+    ``run_decomposed`` the core-ATen program is also run; its result is recorded
+    (``decomposed_parity``), not enforced: TensorRT converts that graph, it does not execute it
+    with PyTorch's stride rules.
     """
     generator = as_exportable(generator)
-    graph = inference_copy(generator.graph(top_k), "cpu")
+    graph, plan = export_module(generator.graph(top_k), "cpu", fp16=fp16)
     tail = list(generator.noise_shape(1)[1:])
     example = generator.make_noise(EXAMPLE_GRASPS, 0).cpu()
     ep = export_program(graph, generator.num_points, tail, max_grasps=max_grasps, noise=example)
@@ -140,30 +153,47 @@ def check_exportable(generator: Any, *, top_k: Optional[int] = None, max_grasps:
     if not dyn["noise"]:
         raise BackendError("torch.export specialised the grasp dimension K: the graph is not dynamic in K")
     ops = Counter(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
-    errors: dict[str, dict[str, float]] = {}
-    decomposed_errors: dict[str, Any] = {}
-    points = probe_points(generator.num_points)
     module = ep.module()
-    low_module = lowered.module() if (decompose and run_decomposed) else None
-    for i, kk in enumerate(check_grasps):
-        noise = generator.make_noise(int(kk), 100 + i).cpu()
-        ref = eager_outputs(generator, points, noise, 1.0, top_k)
+
+    def run_program(points: torch.Tensor, noise: torch.Tensor, temperature: torch.Tensor) -> tuple:
         with torch.no_grad():
-            errors[str(kk)] = parity(ref, module(points, noise, torch.ones(1)))
-            if low_module is not None:
-                try:
+            return tuple(module(points, noise, temperature))
+
+    precision = "fp16-explicit" if fp16 else "fp32"
+    report = verify_runner(generator, run_program, top_k, ks=check_grasps, temperature_shape=(1,), seed=100,
+                           precision=precision)
+    decomposed_errors: dict[str, Any] = {}
+    if decompose and run_decomposed:
+        low_module = lowered.module()
+        points = probe_points(generator.num_points)
+        for i, kk in enumerate(check_grasps):
+            noise = generator.make_noise(int(kk), 100 + i).cpu()
+            ref = eager_outputs(generator, points, noise, 1.0, top_k)
+            try:
+                with torch.no_grad():
                     decomposed_errors[str(kk)] = parity(ref, low_module(points, noise, torch.ones(1)))
-                except RuntimeError as e:  # recorded: see docstring
-                    decomposed_errors[str(kk)] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+            except RuntimeError as e:  # recorded: see docstring
+                decomposed_errors[str(kk)] = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
     check = ExportCheck(num_nodes=len(gm.graph.nodes), op_counts=dict(sorted(ops.items())), random_ops=found,
                         dynamic_dims=dyn,
                         range_constraints={str(k): str(v) for k, v in lowered.range_constraints.items()},
-                        parity=errors, decomposed=decompose, decomposed_parity=decomposed_errors,
-                        exported_program=lowered)
-    if check.max_vertex_error_m > PARITY_TOLERANCE_M:
-        raise BackendError(f"the exported program disagrees with eager: max vertex error "
-                           f"{check.max_vertex_error_m:.3g} m > {PARITY_TOLERANCE_M:g} m")
+                        parity=report["per_k"], decomposed=decompose, decomposed_parity=decomposed_errors,
+                        exported_program=lowered, precision=precision, fp16_plan=plan,
+                        token_flips=report["flips"], precisions=_dtype_summary(lowered))
+    ok, why = judge(report)
+    if not ok:
+        raise BackendError(f"the exported program ({precision}) disagrees with eager: {why}")
     return check
+
+
+def _dtype_summary(program: Any) -> dict[str, dict[str, int]]:
+    """Node output dtypes of the program per top-level part (``precision.node_precisions``, folded
+    to the first three path components, e.g. ``sampler.model.hand``)."""
+    out: dict[str, Counter] = {}
+    for path, counts in node_precisions(program).items():
+        key = ".".join(path.split(".")[:3]) or "(sampling arithmetic, codebooks)"
+        out.setdefault(key, Counter()).update(counts)
+    return {k: dict(sorted(v.items())) for k, v in sorted(out.items())}
 
 
 def export_tensorrt(generator: Any, out_dir: Union[str, Path], *, fp16: bool = False,
@@ -175,7 +205,7 @@ def export_tensorrt(generator: Any, out_dir: Union[str, Path], *, fp16: bool = F
     checks: dict[str, Any] = {}
     if check:
         checks["torch_export"] = check_exportable(generator, top_k=top_k, max_grasps=max_grasps,
-                                                  run_decomposed=False).summary()
+                                                  run_decomposed=False, fp16=fp16).summary()
     problem = tensorrt_problem()
     if problem:
         raise BackendUnavailable(problem)

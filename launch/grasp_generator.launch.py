@@ -5,6 +5,7 @@
     ros2 launch dvqvae_ros grasp_generator.launch.py input:=scene_cloud scene_cloud_topic:=/points2
     ros2 launch dvqvae_ros grasp_generator.launch.py input:=segmented_cloud points_topic:=/object/points
     ros2 launch dvqvae_ros grasp_generator.launch.py use_fake_camera:=true object:=bottle
+    ros2 launch dvqvae_ros grasp_generator.launch.py backend:=tensorrt device:=cuda artifact:=/path/to/engine_dir
 
 ``input`` selects what comes in: depth_image (depth image + camera info -> object_segmenter), scene_cloud
 (a scene PointCloud2 -> object_segmenter) or segmented_cloud (an object cloud straight to the grasp
@@ -16,6 +17,7 @@ from launch.actions import DeclareLaunchArgument
 from launch.conditions import IfCondition
 from launch.substitutions import EqualsSubstitution, LaunchConfiguration, NotEqualsSubstitution, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 
 PACKAGE = "dvqvae_ros"
@@ -35,6 +37,11 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument("backend", default_value="auto",
                               description="auto | eager | torchscript | onnx | tensorrt"),
         DeclareLaunchArgument("device", default_value="cpu", description="cpu | cuda | cuda:N"),
+        DeclareLaunchArgument("artifact", default_value="",
+                              description="prebuilt artifact directory from dvqvae-export (e.g. a TensorRT engine); "
+                                          "empty = build or reuse one in the cache"),
+        DeclareLaunchArgument("force_rebuild", default_value="false",
+                              description="rebuild the cached artifact at start-up (not with artifact)"),
         DeclareLaunchArgument("input", default_value="depth_image",
                               description="depth_image | scene_cloud | segmented_cloud (no segmenter)"),
         DeclareLaunchArgument("points_topic", default_value="points",
@@ -66,6 +73,9 @@ def generate_launch_description() -> LaunchDescription:
                 "hand_model": LaunchConfiguration("hand_model"),
                 "backend": LaunchConfiguration("backend"),
                 "device": LaunchConfiguration("device"),
+                # typed: an empty string would otherwise be read as YAML (null) and refused by launch_ros
+                "artifact": ParameterValue(LaunchConfiguration("artifact"), value_type=str),
+                "force_rebuild": ParameterValue(LaunchConfiguration("force_rebuild"), value_type=bool),
             },
         ],
         remappings=[("points", points_topic)],

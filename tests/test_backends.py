@@ -2,6 +2,8 @@
 TensorRT gating and orchestration, GraspGenerator integration."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import sys
@@ -257,9 +259,24 @@ def test_explicit_artifact_serves_only_its_top_k(gen, ts_artifact: Path) -> None
 
 
 # --------------------------------------------------------------------------- TensorRT orchestration
+class _Partitioned(torch.nn.Module):
+    """What Torch-TensorRT's compile returns, in miniature: engines as ``_run_on_acc_N`` children,
+    PyTorch fallback segments as ``_run_on_gpu_N``."""
+
+    def __init__(self, module: torch.nn.Module, torch_segments: int = 0) -> None:
+        super().__init__()
+        self._run_on_acc_0 = module
+        for i in range(torch_segments):
+            setattr(self, f"_run_on_gpu_{i + 1}", torch.nn.Identity())
+
+    def forward(self, *args):
+        return self._run_on_acc_0(*args)
+
+
 class _FakeTorchTensorRT(types.ModuleType):
-    """Stands in for torch_tensorrt to run our TensorRT orchestration on CPU: compile returns the module,
-    save/load keep it in memory behind a token written to the engine file."""
+    """Stands in for torch_tensorrt to run our TensorRT orchestration on CPU: compile returns the module
+    (in the precision our code gave it: an fp16 graph really runs in half on the CPU), save/load keep it
+    in memory behind a token written to the engine file. ``fail`` makes compile / save / load raise."""
 
     class Input:
         def __init__(self, shape=None, min_shape=None, opt_shape=None, max_shape=None, dtype=None) -> None:
@@ -268,21 +285,33 @@ class _FakeTorchTensorRT(types.ModuleType):
 
     def __init__(self) -> None:
         super().__init__("torch_tensorrt")
-        self.__version__ = "2.99.0-fake"
+        self.__version__ = "2.13.0-fake"
         self.compiled: list[dict] = []
         self.saved: dict[bytes, torch.nn.Module] = {}
+        self.fail: dict[str, BaseException] = {}
+        self.torch_segments = 0
+        self.events: list[str] = []  # "compile" / "save" / "load", to check they ran on the device
 
     def compile(self, module, ir, inputs, **kwargs):
-        self.compiled.append({"ir": ir, "inputs": inputs, "kwargs": kwargs})
-        return module
+        self.events.append("compile")
+        self.compiled.append({"ir": ir, "inputs": inputs, "kwargs": kwargs, "module": module})
+        if "compile" in self.fail:
+            raise self.fail["compile"]
+        return _Partitioned(module, self.torch_segments)
 
     def save(self, module, path, output_format, arg_inputs, retrace):
+        self.events.append("save")
         assert output_format == "exported_program" and retrace
+        if "save" in self.fail:
+            raise self.fail["save"]
         token = uuid.uuid4().hex.encode()
         self.saved[token] = module
         Path(path).write_bytes(token)
 
     def load(self, path):
+        self.events.append("load")
+        if "load" in self.fail:
+            raise self.fail["load"]
         module = self.saved[Path(path).read_bytes()]
         return types.SimpleNamespace(module=lambda: module)
 
@@ -299,14 +328,26 @@ def test_tensorrt_orchestration_with_a_stand_in_compiler(gen, fake_trt, tmp_path
     backend = select_backend("tensorrt", gen, cache_dir=tmp_path, device="cpu", max_grasps=16)
     assert backend.name == "tensorrt" and len(fake_trt.compiled) == 1
     call = fake_trt.compiled[0]
-    assert call["ir"] == "dynamo" and call["kwargs"]["min_block_size"] == 1 and call["kwargs"]["disable_tf32"]
+    kw = call["kwargs"]
+    assert call["ir"] == "dynamo" and kw["min_block_size"] == 1 and kw["disable_tf32"]
+    # the 2.13 API: the device is passed; gathers keep their converter with a dynamic K; no removed or
+    # failing precision switches (fp32 here: no fp32 accumulation switch either)
+    assert kw["device"] == torch.device("cpu") and kw["assume_dynamic_shape_support"] is True
+    assert not {"enabled_precisions", "use_explicit_typing", "enable_autocast", "use_fp32_acc"} & set(kw)
     points_in, noise_in, temp_in = call["inputs"]
     assert points_in.shape == (1, NUM_POINTS, 3) and temp_in.shape == (1,)
+    assert {i.dtype for i in call["inputs"]} == {torch.float32}
     assert (noise_in.min_shape[0], noise_in.opt_shape[0], noise_in.max_shape[0]) == (1, 16, 16)
+    assert not any(p.dtype == torch.float16 for p in call["module"].parameters())  # fp32 graph
     meta = json.loads((backend.artifact_path / SIDECAR_NAME).read_text())
-    assert meta["runtime"]["torch_tensorrt"] == "2.99.0-fake" and "gpu" in meta["runtime"]
+    assert meta["runtime"]["torch_tensorrt"] == "2.13.0-fake" and "gpu" in meta["runtime"]
     assert meta["io"]["dynamic"]["K"] == {"min": 1, "max": 16}
-    assert meta["verification"]["passed"]
+    assert meta["verification"]["passed"] and meta["verification"]["tokens_compared"]
+    assert meta["artifact"]["precision"] == "fp32"
+    trt = meta["tensorrt"]
+    assert trt["segments"]["tensorrt_engines"] == 1 and trt["segments"]["pytorch_segments"] == 0
+    assert trt["compile_settings"]["assume_dynamic_shape_support"] and trt["compile_settings"]["device"] == "cpu"
+    assert trt["precision_plan"] is None
     # K above the engine profile runs in chunks of max_grasps, exactly
     assert _matches_eager(gen, backend, k=20) <= TOL_M
     # cache hit: no second compile; force_rebuild compiles again
@@ -322,6 +363,109 @@ def test_tensorrt_orchestration_with_a_stand_in_compiler(gen, fake_trt, tmp_path
     _edit_sidecar(path, lambda m: m["runtime"].update(gpu="NVIDIA Jetson Orin"))
     with pytest.raises(ArtifactMismatch, match="GPU differs: engine built on NVIDIA Jetson Orin"):
         load_artifact(path, gen, device="cpu")
+
+
+def test_tensorrt_fp16_is_explicit_mixed_precision(gen, fake_trt, tmp_path: Path) -> None:
+    """fp16: the networks are half behind casts, the hand layer and scorer fp32, inputs fp32; no autocast.
+    The stand-in compiler returns that module, so the verification really runs it in half on the CPU."""
+    backend = select_backend("tensorrt", gen, cache_dir=tmp_path, device="cpu", max_grasps=16, fp16=True)
+    call = fake_trt.compiled[-1]
+    kw = call["kwargs"]
+    assert kw["use_fp32_acc"] is True and kw["disable_tf32"] is True
+    assert not {"enabled_precisions", "use_explicit_typing", "enable_autocast"} & set(kw)
+    assert {i.dtype for i in call["inputs"]} == {torch.float32}  # casts are inside the graph
+    sampler = call["module"].sampler
+    assert sampler.prior.out_weight.dtype == torch.float16
+    assert {p.dtype for p in sampler.model.type_encoder.inner.parameters()} == {torch.float16}
+    assert {p.dtype for p in sampler.model.posture_decoder.inner.parameters()} == {torch.float16}
+    assert {b.dtype for b in sampler.model.hand.buffers() if b.is_floating_point()} == {torch.float32}
+    assert {b.dtype for b in sampler.scorer.buffers() if b.is_floating_point()} <= {torch.float32}
+    assert sampler.model.object_codebook.weight.dtype == torch.float32
+    assert gen.model.type_encoder.mlp[0].weight.dtype == torch.float32, "the generator's own model is untouched"
+    meta = json.loads((backend.artifact_path / SIDECAR_NAME).read_text())
+    assert meta["artifact"]["precision"] == "fp16-explicit" and meta["artifact"]["fp16"]
+    plan = meta["tensorrt"]["precision_plan"]
+    assert {"prior", "model.type_encoder", "model.posture_decoder", "model.gating.gate"} <= set(plan["fp16"])
+    assert {"model.hand", "scorer"} <= set(plan["fp32"])
+    ver = meta["verification"]
+    assert ver["passed"] and ver["tolerance_m"] == A.FP16_TOLERANCE_M and ver["tie_margin"] == A.FP16_TOKEN_TIE_MARGIN
+    assert 0.0 < ver["max_vertex_error_m"] <= A.FP16_TOLERANCE_M  # non-zero: it did run in half
+    assert _matches_eager(gen, backend, k=5) <= A.FP16_TOLERANCE_M
+    # a cached fp16 engine is not an fp32 one
+    select_backend("tensorrt", gen, cache_dir=tmp_path, device="cpu", max_grasps=16)
+    assert len(fake_trt.compiled) == 2
+
+
+@pytest.mark.parametrize("stage, error, message", [
+    ("compile", RuntimeError("[TRT] [E] 2: [builder] out of memory"), "could not compile the sampling graph"),
+    ("save", AttributeError("'SymInt' object has no attribute 'to'"), "could not save the compiled graph"),
+    ("load", ValueError("not a valid ExportedProgram"), "cannot load"),
+])
+def test_tensorrt_failures_are_backend_errors_and_auto_falls_back(gen, fake_trt, cache: Path, tmp_path: Path,
+                                                                  monkeypatch, caplog, stage, error,
+                                                                  message) -> None:
+    fake_trt.fail[stage] = error
+    with pytest.raises(BackendError, match=message) as err:
+        select_backend("tensorrt", gen, cache_dir=tmp_path, device="cpu", max_grasps=16)
+    assert str(error) in str(err.value) and err.value.__cause__ is error
+    assert not list((tmp_path / "artifacts").glob("tensorrt-*")), "a failed build leaves no cache entry"
+    monkeypatch.setattr(B, "_CHOICES", {})
+    with caplog.at_level(logging.WARNING, logger="dvqvae_model.runtime.backends"):
+        auto = select_backend("auto", gen, cache_dir=cache, device="cpu", max_grasps=16)
+    assert auto.name in ("eager", "torchscript", "onnx")
+    reason = auto.selection["fallback_reason"]
+    assert reason.startswith("TensorRT failed (BackendError") and str(error) in reason
+    assert "timing the CPU backends instead" in caplog.text and str(error) in caplog.text
+    assert _matches_eager(gen, auto) <= TOL_M
+
+
+def test_tensorrt_compiles_saves_and_loads_on_the_requested_device(gen, fake_trt, tmp_path: Path,
+                                                                  monkeypatch) -> None:
+    """device:=cuda:1: compile gets the device and compile / save / load run with it current."""
+    from dvqvae_model.runtime import converters, runners
+
+    def recording(device):
+        fake_trt.events.append(f"on:{torch.device(device)}")
+        return contextlib.nullcontext()
+
+    monkeypatch.setattr(converters, "on_device", recording)
+    monkeypatch.setattr(runners, "on_device", recording)
+    select_backend("tensorrt", gen, cache_dir=tmp_path, device="cpu", max_grasps=16)
+    events = fake_trt.events
+    for stage in ("compile", "save", "load"):
+        i = events.index(stage)
+        assert [e for e in events[:i] if e.startswith("on:")][-1] == "on:cpu", events
+    assert fake_trt.compiled[0]["kwargs"]["device"] == torch.device("cpu")
+    # on a CUDA machine: the device object that makes cuda:1 current, and the one compile receives
+    ctx = A.on_device("cuda:1")
+    assert isinstance(ctx, torch.cuda.device) and ctx.idx == 1
+    assert isinstance(A.on_device("cpu"), contextlib.nullcontext)
+    from dvqvae_model.runtime.converters import tensorrt_compile_settings
+
+    assert tensorrt_compile_settings(torch.device("cuda:1"), False)["device"] == torch.device("cuda:1")
+    on_gpu1 = dataclasses.replace(gen.exportable, device=torch.device("cuda:1"))  # GraspGenerator(device=cuda:1)
+    assert B._device_for("tensorrt", on_gpu1, None) == torch.device("cuda:1")
+    assert B._device_for("tensorrt", gen.exportable, "cuda:1") == torch.device("cuda:1")
+
+
+def test_tensorrt_graph_breaks_are_reported(gen, fake_trt, tmp_path: Path, caplog) -> None:
+    fake_trt.torch_segments = 2  # as if two ops had fallen back to PyTorch
+    with caplog.at_level(logging.WARNING, logger="dvqvae_model.runtime.build"):
+        backend = select_backend("tensorrt", gen, cache_dir=tmp_path, device="cpu", max_grasps=16)
+    segments = json.loads((backend.artifact_path / SIDECAR_NAME).read_text())["tensorrt"]["segments"]
+    assert segments["tensorrt_engines"] == 1 and segments["pytorch_segments"] == 2
+    assert "1 engine(s) with 2 PyTorch segment(s)" in caplog.text
+
+
+def test_tensorrt_engines_of_the_old_fp16_modes_are_refused(gen, fake_trt, tmp_path: Path) -> None:
+    """fp16 by autocast / half inputs is gone: such an engine is refused when given, rebuilt in the cache."""
+    backend = select_backend("tensorrt", gen, cache_dir=tmp_path, device="cpu", max_grasps=16, fp16=True)
+    path = backend.artifact_path
+    _edit_sidecar(path, lambda m: m["artifact"].update(precision="fp16-half"))
+    with pytest.raises(ArtifactMismatch, match="precision 'fp16-half' comes from an older build"):
+        load_artifact(path, gen, device="cpu")
+    select_backend("tensorrt", gen, cache_dir=tmp_path, device="cpu", max_grasps=16, fp16=True)
+    assert len(fake_trt.compiled) == 2
 
 
 # --------------------------------------------------------------------------- generator integration

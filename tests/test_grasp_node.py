@@ -778,6 +778,60 @@ def test_backend_parameter_selects_a_library_backend(ctx, checkpoint, tmp_path, 
             node.destroy_node()
 
 
+def test_prebuilt_artifact_without_the_export_package(ctx, checkpoint, tmp_path, monkeypatch) -> None:
+    """artifact:= what dvqvae-export wrote: loaded through dvqvae_model.runtime (the export package is
+    blocked), nothing built, its top_k enforced at start-up and at run time, its format checked."""
+    out = tmp_path / "ts"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "dvqvae_export.cli", "--checkpoint", str(checkpoint), "--format",
+                           "torchscript", "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("DVQVAE_CACHE_DIR", str(cache))
+    for name in [m for m in sys.modules if m == "dvqvae_export" or m.startswith("dvqvae_export.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "dvqvae_export", None)  # any import of it now fails
+
+    def start(**params: Any) -> GraspGeneratorNode:
+        values = {"model": str(checkpoint), "artifact": str(out), "num_grasps": 2, **params}
+        return GraspGeneratorNode(context=ctx, namespace=f"/a{uuid.uuid4().hex[:6]}",
+                                  parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+
+    node = start(backend="auto")  # auto takes the artifact's format
+    try:
+        assert node.backend == "torchscript"
+        described = node.generator.backend.describe()
+        assert described["mode"] == "explicit" and described["artifacts"] == {"None": str(out)}
+        assert not (cache / "artifacts").exists(), "an explicit artifact must not build anything"
+        result = node.set_parameters([Parameter("top_k", value=4)])[0]
+        assert not result.successful and "exported for top_k=0" in result.reason and "--top-k 4" in result.reason
+        assert node.set_parameters([Parameter("num_grasps", value=3)])[0].successful
+    finally:
+        node.destroy_node()
+    assert sys.modules["dvqvae_export"] is None
+    with pytest.raises(StartupError, match=r"top_k:=5: the artifact .* was exported for top_k=0; set top_k:=0"):
+        start(backend="torchscript", top_k=5)
+    with pytest.raises(StartupError, match="backend 'onnx' was requested but .* is a torchscript artifact"):
+        start(backend="onnx")
+    with pytest.raises(ParameterError, match="artifact / force_rebuild"):
+        start(force_rebuild=True)
+
+
+def test_auto_fallback_reason_is_logged(ctx) -> None:
+    """When backend auto could not use TensorRT, the node says why and what runs instead."""
+    fake = FakeGenerator()
+    fake.backend = SimpleNamespace(describe=lambda: {"backend": "onnx", "selection": {
+        "mode": "auto", "choice": "onnx", "fallback_reason": "TensorRT failed (BackendError: out of memory)"}})
+    node = GraspGeneratorNode(context=ctx, namespace=f"/f{uuid.uuid4().hex[:6]}", generator_factory=lambda p: fake)
+    try:
+        said: list[str] = []
+        node.get_logger = lambda: SimpleNamespace(warning=said.append, info=said.append)  # type: ignore[method-assign]
+        node._log_backend()
+        assert said == ["backend auto: TensorRT failed (BackendError: out of memory); running custom instead"]
+    finally:
+        node.destroy_node()
+
+
 def test_cross_process(ctx, checkpoint) -> None:
     """``python -m dvqvae_ros.grasp_node --ros-args ...`` in a subprocess, driven over DDS."""
     ns = f"/x{uuid.uuid4().hex[:8]}"

@@ -128,7 +128,8 @@ def test_config_file_is_found_and_installed(tree) -> None:
 def test_launch_arguments(tree) -> None:
     declared = {_const(c.args[0]) for c in _calls(tree, "DeclareLaunchArgument")}
     assert {"model", "hand_model", "backend", "points_topic", "use_fake_camera", "params_file", "input",
-            "depth_topic", "camera_info_topic", "scene_cloud_topic", "mask_topic", "clicked_point_topic"} <= declared
+            "depth_topic", "camera_info_topic", "scene_cloud_topic", "mask_topic", "clicked_point_topic",
+            "artifact", "force_rebuild"} <= declared
     used = {_const(c.args[0]) for c in _calls(tree, "LaunchConfiguration")}
     assert used <= declared, f"undeclared launch arguments: {used - declared}"
     for call in _calls(tree, "DeclareLaunchArgument"):
@@ -181,6 +182,7 @@ def _stub_modules() -> dict[str, types.ModuleType]:
                                  "NotEqualsSubstitution"],
         "launch_ros": [],
         "launch_ros.actions": ["Node"],
+        "launch_ros.parameter_descriptions": ["ParameterValue"],
         "launch_ros.substitutions": ["FindPackageShare"],
     }
     for name, classes in layout.items():
@@ -212,8 +214,21 @@ def test_generate_launch_description_runs(monkeypatch) -> None:
     nodes = {e.kwargs["executable"]: e.kwargs for e in entities if type(e).__name__ == "Node"}
     gen = nodes["grasp_generator"]
     overrides = gen["parameters"][1]
-    assert {k: v.args[0] for k, v in overrides.items()} == {
-        "model": "model", "hand_model": "hand_model", "backend": "backend", "device": "device"}
+    plain = {k: v.args[0] for k, v in overrides.items() if type(v).__name__ == "LaunchConfiguration"}
+    assert plain == {"model": "model", "hand_model": "hand_model", "backend": "backend", "device": "device"}
+    typed = {k: (v.args[0].args[0], v.kwargs["value_type"]) for k, v in overrides.items()
+             if type(v).__name__ == "ParameterValue"}
+    assert typed == {"artifact": ("artifact", str), "force_rebuild": ("force_rebuild", bool)}
+    assert args["artifact"] == "" and args["force_rebuild"] == "false"
+    # launch_ros reads an untyped substitution as YAML and refuses null: every untyped override's default
+    # must load as a scalar (an empty artifact path would not, hence ParameterValue(value_type=str))
+    for name, cfg in overrides.items():
+        if type(cfg).__name__ == "LaunchConfiguration":
+            assert type(yaml.safe_load(args[cfg.args[0]])) in (bool, int, float, str), name
+    assert yaml.safe_load(args["artifact"]) is None  # why artifact is typed
+    values = {k: getattr(GraspNodeParameters(), k) for k in overrides}
+    check_parameters(GraspNodeParameters, {**values, "artifact": args["artifact"],
+                                           "force_rebuild": yaml.safe_load(args["force_rebuild"])})
     assert gen["parameters"][0].args == ("params_file",)
     (remap,) = gen["remappings"]
     assert remap[0] == "points" and remap[1].args == ("points_topic",)

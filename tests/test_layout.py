@@ -167,8 +167,9 @@ def test_the_walk_sees_what_it_checks() -> None:
         "dvqvae_model.runtime" in everything["dvqvae_model.pipeline.generator"]
 
 
-def test_setup_installs_every_package_folder() -> None:
-    """A real install carries every subpackage (and the assets), not only what a work tree has."""
+def _setup_kwargs() -> dict:
+    """The keyword arguments setup.py passes to setuptools.setup (run with setup() captured)."""
+    import os
     import runpy
 
     import setuptools
@@ -179,13 +180,47 @@ def test_setup_installs_every_package_folder() -> None:
     setuptools.setup = lambda **kw: captured.update(kw)  # type: ignore[assignment]
     cwd = Path.cwd()
     try:
-        import os
-
         os.chdir(repo)
         runpy.run_path(str(repo / "setup.py"))
     finally:
         os.chdir(cwd)
         setuptools.setup = real  # type: ignore[assignment]
+    return captured
+
+
+def test_tensorrt_extra_is_pinned_to_the_torch_release() -> None:
+    """The 'tensorrt' extra pins the Torch-TensorRT series that pairs with the pinned torch: an open bound
+    resolved to 2.14, which needs torch 2.14 and moved torch off its pin. Declared (setup.py) and installed
+    (the distribution's metadata: rerun `make setup` after changing the extras) must say the same."""
+    from importlib.metadata import requires
+
+    from packaging.requirements import Requirement
+
+    from dvqvae_model.runtime.artifacts import tensorrt_requirement
+
+    repo = Path(__file__).resolve().parents[1]
+    torch_pin = next(line.split("==", 1)[1].strip() for line in (repo / "requirements.txt").read_text().splitlines()
+                     if line.startswith("torch=="))
+    expected = Requirement(tensorrt_requirement(torch_pin))
+    assert str(expected) == "torch-tensorrt==2.13.*" and torch_pin.startswith("2.13")
+    declared = [Requirement(r) for r in _setup_kwargs()["extras_require"]["tensorrt"]]
+    assert [(r.name, str(r.specifier)) for r in declared] == [(expected.name, str(expected.specifier))]
+    installed = [Requirement(r) for r in requires("dvqvae_ros") or []]
+    trt = [r for r in installed if r.name == "torch-tensorrt"]
+    assert len(trt) == 1, installed
+    assert str(trt[0].specifier) == str(expected.specifier) and str(trt[0].marker) == 'extra == "tensorrt"'
+    # the pin admits the paired release and nothing newer or older
+    assert trt[0].specifier.contains("2.13.0") and trt[0].specifier.contains("2.13.1")
+    assert not trt[0].specifier.contains("2.14.0") and not trt[0].specifier.contains("2.10.0")
+    import torch
+
+    assert tensorrt_requirement(torch.__version__) == str(expected), "the installed torch is not the pinned one"
+
+
+def test_setup_installs_every_package_folder() -> None:
+    """A real install carries every subpackage (and the assets), not only what a work tree has."""
+    repo = Path(__file__).resolve().parents[1]
+    captured = _setup_kwargs()
     installed = set(captured["packages"])
     names = {"dvqvae_model": "dvqvae_model", "dvqvae_ros": "dvqvae_ros", "training": "dvqvae_training",
              "export": "dvqvae_export"}

@@ -101,6 +101,34 @@ def test_check_update() -> None:
         check_update(GraspNodeParameters, "nope", 1)
 
 
+def test_artifact_and_force_rebuild(tmp_path) -> None:
+    """A prebuilt artifact: validated on its own (a path that exists) and against backend / force_rebuild."""
+    p = check_parameters(GraspNodeParameters, {})
+    assert p.artifact == "" and p.force_rebuild is False  # default: the artifact cache
+    art = tmp_path / "engine"
+    art.mkdir()
+    for backend in ("auto", "torchscript", "onnx", "tensorrt"):
+        assert check_parameters(GraspNodeParameters, {"artifact": f" {art} ", "backend": backend}).artifact == str(art)
+    assert check_parameters(GraspNodeParameters, {"artifact": None}).artifact == ""  # empty YAML value
+    assert check_parameters(GraspNodeParameters, {"force_rebuild": True, "backend": "onnx"}).force_rebuild
+    with pytest.raises(ParameterError, match=r"artifact: no such artifact directory or file: '.*missing'"):
+        check_parameters(GraspNodeParameters, {"artifact": str(tmp_path / "missing")})
+    with pytest.raises(ParameterError, match="artifact: must be a path"):
+        check_parameters(GraspNodeParameters, {"artifact": 3})
+    with pytest.raises(ParameterError, match="artifact / backend: backend eager runs the PyTorch model"):
+        check_parameters(GraspNodeParameters, {"artifact": str(art), "backend": "eager"})
+    with pytest.raises(ParameterError, match="artifact / force_rebuild: force_rebuild rebuilds the artifact cache"):
+        check_parameters(GraspNodeParameters, {"artifact": str(art), "force_rebuild": True})
+    with pytest.raises(ParameterError, match="force_rebuild / backend: backend eager builds nothing"):
+        check_parameters(GraspNodeParameters, {"force_rebuild": True, "backend": "eager"})
+    with pytest.raises(ParameterError, match="force_rebuild: must be true or false"):
+        check_parameters(GraspNodeParameters, {"force_rebuild": "yes"})
+    # both are start-up settings: read-only while running
+    for name, value in (("artifact", str(art)), ("force_rebuild", True)):
+        with pytest.raises(ParameterError, match=f"{name}: read-only after start-up"):
+            check_update(GraspNodeParameters, name, value)
+
+
 def test_fake_camera_parameters() -> None:
     with pytest.raises(ParameterError) as err:
         check_parameters(FakeCameraParameters, {"rate_hz": 0.0, "elevation_deg": 95.0, "object": ""})
@@ -119,6 +147,9 @@ def test_declare_and_read_on_a_node(ctx) -> None:
         assert p.temperature == 2.0 and p.crop_box == (0.0, 0.0, 0.0, 1.0, 1.0, 1.0) and p.mode == "on_demand"
         desc = node.describe_parameter("backend")
         assert desc.read_only and "eager" in desc.description
+        assert node.describe_parameter("artifact").read_only and "dvqvae-export" in \
+            node.describe_parameter("artifact").description
+        assert p.artifact == "" and p.force_rebuild is False
         assert not node.describe_parameter("num_grasps").read_only
         result = node.set_parameters([Parameter("backend", value="eager")])[0]
         assert not result.successful and "read-only" in result.reason

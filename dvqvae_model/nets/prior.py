@@ -216,6 +216,8 @@ class GatedPixelCNNPrior(nn.Module):
         # Output at sequence position j (mask A) has not seen token j: it predicts token j.
         y = y[:, :, 1:].transpose(1, 2)  # [B, H, C]
         out = torch.einsum("bhc,hcv->bhv", y, self.out_weight) + self.out_bias
+        if out.dtype in (torch.float16, torch.bfloat16):  # a half-precision network: NEG_LOGIT needs fp32
+            out = out.float()
         return torch.where(self.valid, out, torch.full_like(out, NEG_LOGIT))
 
     def nll(self, tokens: Tensor, reduction: str = "mean") -> Tensor:
@@ -243,7 +245,8 @@ class GatedPixelCNNPrior(nn.Module):
         noise: Tensor,
         temperature: Union[float, Tensor] = 1.0,
         top_k: Optional[int] = None,
-    ) -> tuple[Tensor, Tensor]:
+        return_margins: bool = False,
+    ) -> tuple[Tensor, ...]:
         """Gumbel-max ancestral sampling of the ``H`` hand tokens.
 
         ``object_tokens`` is ``[K]`` (or ``[1]``, broadcast to ``K``); ``noise`` is Gumbel noise
@@ -253,6 +256,15 @@ class GatedPixelCNNPrior(nn.Module):
         ``k`` largest logits per step. Returns ``(tokens [K, H], log_prob [K])`` where
         ``log_prob`` is the untempered, untruncated model log-probability of the chosen tokens
         (a temperature-independent quality signal for ranking).
+
+        Precision: the network (embeddings, gated blocks, head, output layer) runs in the dtype of
+        this module's parameters, the sampling arithmetic (masking, ``argmax``, ``log_softmax``) in
+        the noise's dtype. A half-precision prior (fp16 TensorRT engines) thus casts its logits
+        to float32 at its boundary and ``NEG_LOGIT`` never overflows to ``-inf``.
+
+        ``return_margins`` (eager diagnostics, not exported) also returns ``margins [K, H]``: the
+        gap between the best and the second best perturbed score at each step. A small gap is a
+        near-tie, where other kernels' rounding may legitimately pick the other token.
         """
         k_samples = noise.shape[0]
         obj = object_tokens.long().reshape(-1).expand(k_samples)  # [K]
@@ -260,11 +272,12 @@ class GatedPixelCNNPrior(nn.Module):
         obj = obj.clamp(min=0, max=self.cfg.vocab_sizes[0] - 1)
         conds = [blk.cond(self.class_emb(obj)) for blk in self.blocks]  # [K, 2C] per layer
         c = self.cfg.channels
-        zero = torch.zeros(k_samples, c, dtype=noise.dtype, device=noise.device)
+        zero = torch.zeros(k_samples, c, dtype=self.out_weight.dtype, device=noise.device)
         # cols[l][p]: input column of layer l at position p (cols[0] = token embeddings).
         cols: list[list[Tensor]] = [[] for _ in range(len(self.blocks) + 1)]
         cols[0].append(self.token_emb(obj) + self.pos_emb[0])
         chosen: list[Tensor] = []
+        margins: list[Tensor] = []
         log_prob = torch.zeros(k_samples, dtype=noise.dtype, device=noise.device)
         w_head = self.head.weight.squeeze(-1)
         # Positions 0..H, each computed once (incremental; same arithmetic as ``logits``).
@@ -286,17 +299,25 @@ class GatedPixelCNNPrior(nn.Module):
             step = p - 1
             y = F.relu(F.linear(F.relu(skips), w_head, self.head.bias))  # [K, C]
             logits = y @ self.out_weight[step] + self.out_bias[step]
+            if logits.dtype != noise.dtype:  # half-precision network: sample in the noise's precision
+                logits = logits.to(noise.dtype)
             logits = torch.where(self.valid[step], logits, torch.full_like(logits, NEG_LOGIT))
             masked = logits
             if top_k is not None and 0 < top_k < self.max_vocab:
                 kth = torch.topk(logits, top_k, dim=-1).values[:, top_k - 1 : top_k]
                 masked = torch.where(logits >= kth, logits, torch.full_like(logits, NEG_LOGIT))
-            tok = torch.argmax(masked + temp * noise[:, step], dim=-1)  # [K]
+            perturbed = masked + temp * noise[:, step]
+            tok = torch.argmax(perturbed, dim=-1)  # [K]
+            if return_margins:
+                top2 = torch.topk(perturbed, 2, dim=-1).values
+                margins.append(top2[:, 0] - top2[:, 1])
             log_prob = log_prob + torch.log_softmax(logits, dim=-1).gather(1, tok.unsqueeze(1)).squeeze(1)
             chosen.append(tok)
             if p < self.seq_len - 1:
                 tok_in = torch.minimum(tok, self.vocab_limits[p]) + self.offsets[p]
                 cols[0].append(self.token_emb(tok_in) + self.pos_emb[p])
+        if return_margins:
+            return torch.stack(chosen, dim=1), log_prob, torch.stack(margins, dim=1)
         return torch.stack(chosen, dim=1), log_prob
 
 

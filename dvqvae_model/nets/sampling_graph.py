@@ -177,18 +177,49 @@ class SamplingGraph(nn.Module):
         self.num_hand_tokens = int(prior.num_hand_tokens)
 
     def forward(self, points: Tensor, noise: Tensor, temperature: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.sample_all(points, noise, temperature)[:4]  # type: ignore[return-value]
+
+    def _object_features(self, points: Tensor, num_grasps: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(object token per grasp [B*K], z_t [B*K, C], z_p [B*K, C]) for ``points [B, N, 3]``."""
         num_objects = points.shape[0]
-        per_object = noise.shape[0] // num_objects
+        per_object = num_grasps // num_objects
         z_t, z_p = self.model.encode_object(points)
-        obj_tokens = self.model.object_tokens(z_t)  # [B]
-        obj_k = _repeat_per_object(obj_tokens, num_objects, per_object)
+        obj_k = _repeat_per_object(self.model.object_tokens(z_t), num_objects, per_object)
+        return (obj_k, _repeat_per_object(z_t, num_objects, per_object),
+                _repeat_per_object(z_p, num_objects, per_object))
+
+    def sample_all(self, points: Tensor, noise: Tensor,
+                   temperature: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """``forward``'s four outputs plus the sampled hand tokens ``[B*K, H]`` (int64).
+
+        Exported artifacts return the tokens as a fifth output (``TokenOutputs``) so that a parity
+        check can tell a token flipped on a near-tie from a geometry error.
+        """
+        obj_k, z_t, z_p = self._object_features(points, noise.shape[0])
         tokens, log_prob = self.prior.sample(obj_k, noise, temperature, self.top_k)
         codes = self.model.hand_codes_from_tokens(tokens)
-        dec = self.model.decode(
-            codes, _repeat_per_object(z_t, num_objects, per_object), _repeat_per_object(z_p, num_objects, per_object)
-        )
+        dec = self.model.decode(codes, z_t, z_p)
         scores = self.scorer(points, dec.vertices, dec.keypoints, log_prob / float(self.num_hand_tokens))
-        return dec.params, dec.vertices, dec.keypoints, scores
+        return dec.params, dec.vertices, dec.keypoints, scores, tokens
+
+    def token_margins(self, points: Tensor, noise: Tensor, temperature: Tensor) -> tuple[Tensor, Tensor]:
+        """Eager diagnostics: (tokens [B*K, H], margins [B*K, H]), the gap between the best and the
+        second best perturbed score at each sampling step (see ``GatedPixelCNNPrior.sample``)."""
+        obj_k, _, _ = self._object_features(points, noise.shape[0])
+        tokens, _, margins = self.prior.sample(obj_k, noise, temperature, self.top_k, return_margins=True)
+        return tokens, margins
+
+
+class TokenOutputs(nn.Module):
+    """Export wrapper: a ``SamplingGraph`` with the sampled tokens as a fifth output (``sample_all``)."""
+
+    def __init__(self, graph: SamplingGraph) -> None:
+        super().__init__()
+        self.sampler = graph  # not "graph": an exported GraphModule has its own .graph
+
+    def forward(self, points: Tensor, noise: Tensor,
+                temperature: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return self.sampler.sample_all(points, noise, temperature)
 
 
 class CVAESamplingGraph(nn.Module):

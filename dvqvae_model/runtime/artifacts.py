@@ -5,6 +5,7 @@ Shared by the runtime (loading, the on-the-fly cache) and ``dvqvae_export`` (mak
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -33,12 +34,22 @@ SIDECAR_FORMAT = "dvqvae_ros.inference_artifact"
 SIDECAR_VERSION = 1
 INPUT_NAMES: tuple[str, ...] = ("points", "noise", "temperature")
 OUTPUT_NAMES: tuple[str, ...] = ("params", "vertices", "keypoints", "scores")
+# DVQ-VAE artifacts also return the sampled hand tokens [K, H] (int64): the parity checks compare them.
+TOKENS_OUTPUT = "tokens"
 ONNX_OPSET = 17
 # Traced / exported with K = 4: an example K of 1 would let size-1 broadcasting specialise the graph.
 EXAMPLE_GRASPS = 4
 DEFAULT_MAX_GRASPS = 256  # TensorRT optimisation profile upper bound (larger K runs in chunks)
-PARITY_TOLERANCE_M = 1e-4  # max |vertex - eager vertex| accepted for an fp32 artifact
-FP16_TOLERANCE_M = 1e-2  # fp16 engines: larger deviations are reported (tokens may flip on near-ties)
+PARITY_TOLERANCE_M = 1e-4  # max |vertex - eager vertex| accepted for an fp32 artifact (grasps with eager's tokens)
+# fp16 engines (explicit mixed precision, see runtime.precision): the same graph run with CPU fp16 kernels
+# differs from fp32 by at most 0.19 mm over 384 grasps of the bundled model (benchmarks/fp16_parity.py).
+FP16_TOLERANCE_M = 1e-3
+# A token that differs from eager's is a near-tie flip (reported, accepted) when eager's best and second best
+# perturbed scores were closer than this at that step; otherwise the artifact fails its parity check. fp16
+# logits differ from fp32 by up to 0.03 (bundled model), fp32 kernels by ~1e-5.
+TOKEN_TIE_MARGIN = 1e-3
+FP16_TOKEN_TIE_MARGIN = 0.1
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16-explicit")  # what an artifact's "precision" may say
 VERIFY_GRASPS: tuple[int, ...] = (1, 16)  # both differ from EXAMPLE_GRASPS: proves K is dynamic
 AUTO_TIMING_GRASPS = 16
 
@@ -283,6 +294,21 @@ def onnxruntime_problem() -> Optional[str]:
     return None
 
 
+def on_device(device: Union[str, torch.device]) -> Any:
+    """``torch.cuda.device(device)`` for a CUDA device, else a no-op context. Torch-TensorRT makes tensors
+    and deserialises engines on the *current* CUDA device where it takes no device argument (the
+    tracer's example inputs, ``save``'s re-export, ``load``), so ``cuda:1`` needs it current."""
+    dev = torch.device(device)
+    return torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
+
+
+def tensorrt_requirement(torch_version: Optional[str] = None) -> str:
+    """The Torch-TensorRT requirement that pairs with a torch release: same major.minor
+    (torch 2.13.x <-> torch-tensorrt 2.13.*; a newer Torch-TensorRT needs a newer torch)."""
+    major, minor = (torch_version or torch.__version__).split("+")[0].split(".")[:2]
+    return f"torch-tensorrt=={major}.{minor}.*"
+
+
 def tensorrt_problem() -> Optional[str]:
     """None when TensorRT can run here, else what is missing (names every missing piece)."""
     missing = []
@@ -293,8 +319,9 @@ def tensorrt_problem() -> Optional[str]:
     try:
         importlib.import_module("torch_tensorrt")
     except Exception as e:  # noqa: BLE001 - ImportError or a broken install (missing libnvinfer, ...)
-        missing.append(f"torch_tensorrt is not importable ({type(e).__name__}: {e}); install torch-tensorrt "
-                       f"matching torch {torch.__version__}")
+        missing.append(f"torch_tensorrt is not importable ({type(e).__name__}: {e}); install "
+                       f"{tensorrt_requirement()} (pip install 'dvqvae_ros[tensorrt]'; see the README's TensorRT "
+                       f"section), the release that pairs with torch {torch.__version__}")
     if not missing:
         return None
     return "the TensorRT backend needs CUDA and torch_tensorrt: " + "; ".join(missing)

@@ -61,6 +61,7 @@ from dvqvae_model.runtime.artifacts import (
     BACKEND_CHOICES,
     DEFAULT_MAX_GRASPS,
     ONNX_OPSET,
+    PRECISIONS,
     ArtifactMismatch,
     BackendError,
     BackendUnavailable,
@@ -160,6 +161,19 @@ class ArtifactBackend(InferenceBackend):
     def artifact_path(self) -> Optional[Path]:
         return next(iter(self._loaded.values())).path if self._loaded else None
 
+    def top_k_values(self) -> list[Optional[int]]:
+        """The ``top_k`` values whose artifacts are loaded (None = no truncation)."""
+        return list(self._loaded)
+
+    def has_top_k(self, top_k: Optional[int]) -> bool:
+        """True when the artifact for ``top_k`` is loaded (no build or load needed)."""
+        return (None if top_k is None else int(top_k)) in self._loaded
+
+    def serves_top_k(self, top_k: Optional[int]) -> bool:
+        """True when this backend can sample with ``top_k``: any value in cache mode (built on first
+        use), only the exported one for an explicit artifact."""
+        return self._provider is not None or self.has_top_k(top_k)
+
     def artifact(self, top_k: Optional[int]) -> _Loaded:
         key = None if top_k is None else int(top_k)
         if key not in self._loaded:
@@ -194,7 +208,7 @@ class ArtifactBackend(InferenceBackend):
             pts = points[b:b + 1]
             for s in range(0, per_object, chunk):  # grasps are independent: chunking is exact
                 rows = noise[b * per_object + s: b * per_object + min(per_object, s + chunk)]
-                parts.append(loaded.runner(pts, rows, temp))
+                parts.append(tuple(loaded.runner(pts, rows, temp))[:4])  # tokens are for the parity checks
         if len(parts) == 1:
             outs = parts[0]
         else:
@@ -255,7 +269,10 @@ def _open(fmt: str, directory: Path, meta: dict, device: Union[str, torch.device
         runner = load_onnx_runner(path)
     else:
         precision = str(meta["artifact"].get("precision", "fp32"))
-        runner = load_tensorrt_runner(path, device or "cuda", half_io=precision == "fp16-half")
+        if precision not in PRECISIONS:
+            raise ArtifactMismatch(f"{directory}: precision {precision!r} comes from an older build (fp16 by "
+                                   "autocast or half inputs); re-export it (fp16 is now explicit mixed precision)")
+        runner = load_tensorrt_runner(path, device or "cuda")
     if source is not None:
         check_parity(source, runner, meta, directory)
     return _Loaded(runner=runner, meta=meta, path=directory)
@@ -382,7 +399,10 @@ def _choice_key(source: ExportableGraph, candidates: Sequence[str]) -> str:
 
 
 def _auto_cpu(source: ExportableGraph, *, cache_dir: Union[str, Path, None], force_rebuild: bool,
-              top_k: Optional[int]) -> InferenceBackend:
+              top_k: Optional[int], fallback_reason: Optional[str] = None) -> InferenceBackend:
+    """The fastest CPU backend (measured, or the recorded choice); ``fallback_reason``: why TensorRT,
+    which ``auto`` prefers when CUDA and torch_tensorrt are present, failed (``selection``)."""
+    extra = {"fallback_reason": fallback_reason} if fallback_reason else {}
     candidates = ["eager", "torchscript"] + (["onnx"] if onnxruntime_problem() is None else [])
     key = _choice_key(source, candidates)
     choice_file = cache_root(cache_dir) / "choices" / f"auto-{key}.json"
@@ -397,7 +417,7 @@ def _auto_cpu(source: ExportableGraph, *, cache_dir: Union[str, Path, None], for
     if recorded is not None:
         name = recorded["choice"]
         backend = select_backend(name, source, cache_dir=cache_dir, top_k=top_k)
-        backend.selection = dict(recorded, mode="auto", cached_choice=True)  # type: ignore[attr-defined]
+        backend.selection = dict(recorded, mode="auto", cached_choice=True, **extra)  # type: ignore[attr-defined]
         _CHOICES[key] = recorded
         log.info("backend auto -> %s (cached choice, timings %s ms)", name, recorded.get("timings_ms"))
         return backend
@@ -423,7 +443,7 @@ def _auto_cpu(source: ExportableGraph, *, cache_dir: Union[str, Path, None], for
         os.replace(tmp, choice_file)
     except OSError as e:  # a read-only cache only costs a re-measurement next time
         log.warning("could not record the backend choice in %s: %s", choice_file, e)
-    best.selection = dict(record, mode="auto", cached_choice=False)  # type: ignore[attr-defined]
+    best.selection = dict(record, mode="auto", cached_choice=False, **extra)  # type: ignore[attr-defined]
     log.info("backend auto -> %s (timings %s ms at K=%d)", best.name, record["timings_ms"], AUTO_TIMING_GRASPS)
     return best
 
@@ -434,8 +454,10 @@ def select_backend(name: Union[str, InferenceBackend], source: ExportableGraph, 
                    top_k: Optional[int] = None, device: Union[str, torch.device, None] = None) -> InferenceBackend:
     """Resolve a backend name (or pass an ``InferenceBackend`` through) for ``source``.
 
-    ``"auto"``: TensorRT when CUDA and torch_tensorrt are present (falls back to CPU timing if the
-    engine build fails), else the fastest of eager / TorchScript / ONNX Runtime measured here.
+    ``"auto"``: TensorRT when CUDA and torch_tensorrt are present, else the fastest of eager /
+    TorchScript / ONNX Runtime measured here. When compiling, saving, loading or verifying the
+    engine fails, the reason is logged and kept in ``selection["fallback_reason"]`` and the CPU
+    backends are timed instead: a broken TensorRT install must not stop the node.
     ``artifact``: an explicit artifact directory (refused if stale); without it exported backends
     use the cache. The result's ``name`` says which backend runs; ``describe()`` says more.
     """
@@ -462,13 +484,16 @@ def select_backend(name: Union[str, InferenceBackend], source: ExportableGraph, 
         return cached_backend(source, name, top_k=top_k, cache_dir=cache_dir, force_rebuild=force_rebuild,
                               max_grasps=max_grasps, fp16=fp16, device=device)
     # auto
+    reason = None
     if artifacts.tensorrt_problem() is None:
         try:
             backend = cached_backend(source, "tensorrt", top_k=top_k, cache_dir=cache_dir,
                                      force_rebuild=force_rebuild, max_grasps=max_grasps, fp16=fp16, device=device)
             backend.selection = {"mode": "auto", "choice": "tensorrt", "reason": "CUDA and torch_tensorrt present"}
             return backend
-        except BackendError as e:
-            log.warning("backend auto: TensorRT build failed (%s); timing the CPU backends instead", e)
-    return _auto_cpu(source, cache_dir=cache_dir, force_rebuild=force_rebuild, top_k=top_k)
+        except Exception as e:  # noqa: BLE001 - whatever breaks the engine build, the CPU backends still work
+            reason = f"TensorRT failed ({type(e).__name__}: {e})"
+            log.warning("backend auto: %s; timing the CPU backends instead", reason, exc_info=not isinstance(
+                e, BackendError))
+    return _auto_cpu(source, cache_dir=cache_dir, force_rebuild=force_rebuild, top_k=top_k, fallback_reason=reason)
 

@@ -5,9 +5,9 @@ They live in the library because the node builds artifacts into its cache on fir
 """
 from __future__ import annotations
 
-import dataclasses
-import importlib
+import operator
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -23,8 +23,12 @@ from dvqvae_model.runtime.artifacts import (
     INPUT_NAMES,
     ONNX_OPSET,
     OUTPUT_NAMES,
+    TOKENS_OUTPUT,
+    BackendError,
     BackendUnavailable,
+    on_device,
 )
+from dvqvae_model.runtime.precision import mixed_fp16
 
 
 # --------------------------------------------------------------------------- converters (graph -> file)
@@ -100,80 +104,132 @@ def export_onnx_file(graph: nn.Module, example: tuple[Tensor, Tensor, Tensor], p
     Why not ``dynamo=True``: it needs ``onnxscript``, which is not a dependency here; the
     TorchScript-based exporter gives a correct graph with dynamic K (verified against eager).
     """
+    names = output_names(graph)
     dyn = {"noise": {0: "K"}}
-    dyn.update({name: {0: "K"} for name in OUTPUT_NAMES})
+    dyn.update({name: {0: "K"} for name in names})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with torch.no_grad():
             torch.onnx.export(graph.eval(), example, str(path), dynamo=False, opset_version=int(opset),
-                              input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                              input_names=list(INPUT_NAMES), output_names=names,
                               dynamic_axes=dyn, do_constant_folding=True)
 
 
-def tensorrt_inputs(torch_tensorrt: Any, num_points: int, noise_tail: Sequence[int], max_grasps: int,
-                    dtype: torch.dtype = torch.float32) -> list[Any]:
-    """``torch_tensorrt.Input`` specs: static cloud, dynamic K in [1, max_grasps], temperature [1]."""
+def output_names(graph: nn.Module) -> list[str]:
+    """Names of ``graph``'s outputs: the four of every graph, plus ``tokens`` for a ``TokenOutputs``."""
+    from dvqvae_model.nets.sampling_graph import TokenOutputs
+
+    return list(OUTPUT_NAMES) + ([TOKENS_OUTPUT] if isinstance(graph, TokenOutputs) else [])
+
+
+def with_token_output(graph: nn.Module) -> nn.Module:
+    """``graph`` with the sampled tokens as a fifth output when it samples tokens (DVQ-VAE), else itself.
+
+    The tokens let a parity check tell a token flipped on a near-tie apart from a geometry error."""
+    from dvqvae_model.nets.sampling_graph import TokenOutputs
+
+    return TokenOutputs(graph) if hasattr(graph, "sample_all") else graph
+
+
+def export_module(graph: nn.Module, device: Union[str, torch.device, None], *,
+                  fp16: bool = False) -> tuple[nn.Module, Optional[dict[str, list[str]]]]:
+    """The module every exporter receives: an inference copy of ``graph`` (batch norms folded), in
+    explicit mixed precision when ``fp16`` (``precision.mixed_fp16``), with the token output.
+    -> (module, fp16 plan or None)."""
+    copy = inference_copy(graph, device)
+    plan = mixed_fp16(copy) if fp16 else None
+    return with_token_output(copy).eval(), plan
+
+
+def tensorrt_inputs(torch_tensorrt: Any, num_points: int, noise_tail: Sequence[int], max_grasps: int) -> list[Any]:
+    """``torch_tensorrt.Input`` specs (float32 in every precision: fp16 casts are inside the graph):
+    static cloud, dynamic K in [1, max_grasps], temperature [1]."""
     tail = tuple(int(s) for s in noise_tail)
     opt = max(1, min(AUTO_TIMING_GRASPS, int(max_grasps)))
+    f32 = torch.float32
     return [
-        torch_tensorrt.Input(shape=(1, int(num_points), 3), dtype=dtype),
+        torch_tensorrt.Input(shape=(1, int(num_points), 3), dtype=f32),
         torch_tensorrt.Input(min_shape=(1, *tail), opt_shape=(opt, *tail), max_shape=(int(max_grasps), *tail),
-                             dtype=dtype),
-        torch_tensorrt.Input(shape=(1,), dtype=dtype),
+                             dtype=f32),
+        torch_tensorrt.Input(shape=(1,), dtype=f32),
     ]
 
 
-def _autocast_settings(torch_tensorrt: Any) -> Optional[dict[str, Any]]:
-    """Compile kwargs for rule-based fp16 autocast, or None if this Torch-TensorRT lacks it."""
-    try:
-        settings = importlib.import_module("torch_tensorrt.dynamo._settings").CompilationSettings
-        names = {f.name for f in dataclasses.fields(settings)}
-    except Exception:  # noqa: BLE001
-        return None
-    if "enable_autocast" not in names:
-        return None
-    kw: dict[str, Any] = {"use_explicit_typing": True, "enable_autocast": True}
-    for field_name in ("autocast_low_precision_type", "low_precision_type"):
-        if field_name in names:
-            kw[field_name] = torch.float16
-            break
-    return kw
+def tensorrt_compile_settings(device: torch.device, fp16: bool) -> dict[str, Any]:
+    """Keyword arguments of ``torch_tensorrt.compile`` (Torch-TensorRT 2.13, dynamo path).
+
+    * ``device``: the tracer makes its example inputs on it and the engines are built for it
+      (without it both go to the current CUDA device, so ``cuda:1`` failed).
+    * ``assume_dynamic_shape_support``: the 2.13 ``aten.gather`` converter is registered static-shape
+      only, so the K-dependent gathers (scorer, prior log-probabilities) fell back to PyTorch and split
+      the graph into several engines. Its implementation (an ELEMENT-mode gather layer) is
+      shape-agnostic; every other op of this graph has a converter declared dynamic.
+    * ``disable_tf32``: fp32 layers are true fp32 (TF32 keeps 10 mantissa bits): the fp32 engine
+      matches eager within 1e-4 m, and in fp16 engines the hand layer and scorer stay exact.
+    * ``use_fp32_acc`` (fp16): fp16 GEMMs accumulate in fp32.
+    * No ``enabled_precisions`` / ``use_explicit_typing`` (removed in 2.13, silently ignored) and no
+      ``enable_autocast`` (fails on this graph, see ``precision``): fp16 is in the graph itself.
+    """
+    kwargs: dict[str, Any] = {"device": device, "min_block_size": 1, "disable_tf32": True,
+                              "assume_dynamic_shape_support": True}
+    if fp16:
+        kwargs["use_fp32_acc"] = True
+    return kwargs
 
 
-def compile_tensorrt(graph: nn.Module, num_points: int, noise_tail: Sequence[int], path: Union[str, Path], *,
+def tensorrt_segments(compiled: nn.Module) -> dict[str, Any]:
+    """How Torch-TensorRT partitioned the graph: ``_run_on_acc_*`` children are TensorRT engines,
+    ``_run_on_gpu_*`` children and top-level calls run in PyTorch (a graph break each)."""
+    children = [name for name, _ in compiled.named_children()]
+    engines = sorted(n for n in children if n.startswith("_run_on_acc"))
+    torch_parts = sorted(n for n in children if n.startswith("_run_on_gpu"))
+    ops: Counter = Counter()
+    graphs = [getattr(compiled, "graph", None)] + [getattr(getattr(compiled, n), "graph", None) for n in torch_parts]
+    for graph in graphs:
+        if isinstance(graph, torch.fx.Graph):
+            ops.update(str(n.target) for n in graph.nodes
+                       if n.op == "call_function" and n.target is not operator.getitem)
+    return {"tensorrt_engines": len(engines), "pytorch_segments": len(torch_parts),
+            "pytorch_ops": dict(sorted(ops.items())), "engine_names": engines}
+
+
+def _describe(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:300] if lines else ''}"
+
+
+def compile_tensorrt(module: nn.Module, num_points: int, noise_tail: Sequence[int], path: Union[str, Path], *,
                      max_grasps: int = DEFAULT_MAX_GRASPS, fp16: bool = False,
-                     device: Union[str, torch.device] = "cuda") -> str:
-    """Torch-TensorRT dynamo compile of ``graph`` and ``torch_tensorrt.save`` as an ExportedProgram.
+                     device: Union[str, torch.device] = "cuda") -> dict[str, Any]:
+    """Torch-TensorRT dynamo compile of ``module`` (from ``export_module``, already in its precision)
+    and ``torch_tensorrt.save`` as an ExportedProgram, both on ``device``.
 
-    fp16: rule-based autocast (``use_explicit_typing`` + ``enable_autocast``; inputs and outputs stay
-    float32, reductions and data-sensitive layers stay fp32) when this Torch-TensorRT has it, else the
-    module and inputs are cast to half. Returns the precision mode used ("fp32", "fp16-autocast",
-    "fp16-half").
+    Returns what the sidecar records: ``{"compile_settings", "segments"}``. Raises ``BackendError``
+    (never a raw Torch-TensorRT / export error) when compiling or saving fails, so that ``auto`` can
+    fall back to the CPU backends.
     """
     problem = artifacts.tensorrt_problem()
     if problem:
         raise BackendUnavailable(problem)
     import torch_tensorrt
 
+    version = getattr(torch_tensorrt, "__version__", "unknown")
     dev = torch.device(device)
-    module = graph.to(dev).eval()
-    # fp32 engines: no TF32 either, so that the engine matches eager within 1e-4 m.
-    kwargs: dict[str, Any] = {"min_block_size": 1, "disable_tf32": not fp16}
-    mode = "fp32"
-    dtype = torch.float32
-    if fp16:
-        auto = _autocast_settings(torch_tensorrt)
-        if auto is not None:
-            kwargs.update(auto)
-            mode = "fp16-autocast"
-        else:
-            module = module.half()
-            dtype = torch.float16
-            mode = "fp16-half"
-    inputs = tensorrt_inputs(torch_tensorrt, num_points, noise_tail, max_grasps, dtype)
-    with torch.no_grad():
-        trt_module = torch_tensorrt.compile(module, ir="dynamo", inputs=inputs, **kwargs)
-        torch_tensorrt.save(trt_module, str(path), output_format="exported_program", arg_inputs=inputs, retrace=True)
-    return mode
-
-
+    module = module.to(dev).eval()
+    kwargs = tensorrt_compile_settings(dev, fp16)
+    inputs = tensorrt_inputs(torch_tensorrt, num_points, noise_tail, max_grasps)
+    with on_device(dev), torch.no_grad():
+        try:
+            compiled = torch_tensorrt.compile(module, ir="dynamo", inputs=inputs, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any failure inside Torch-TensorRT / torch.export / TensorRT
+            raise BackendError(f"Torch-TensorRT {version} could not compile the sampling graph on {dev}: "
+                               f"{_describe(e)}") from e
+        segments = tensorrt_segments(compiled)
+        try:
+            torch_tensorrt.save(compiled, str(path), output_format="exported_program", arg_inputs=inputs,
+                                retrace=True)
+        except Exception as e:  # noqa: BLE001
+            raise BackendError(f"Torch-TensorRT {version} could not save the compiled graph to {path}: "
+                               f"{_describe(e)}") from e
+    settings = {k: (str(v) if isinstance(v, torch.device) else v) for k, v in kwargs.items()}
+    return {"compile_settings": settings, "segments": segments}

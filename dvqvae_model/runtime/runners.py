@@ -20,6 +20,7 @@ from dvqvae_model.runtime.artifacts import (
     BackendUnavailable,
     GraphOutputs,
     Runner,
+    on_device,
     onnxruntime_problem,
 )
 
@@ -58,6 +59,9 @@ def load_onnx_runner(path: Path, threads: Optional[int] = None) -> Runner:
     names = [i.name for i in session.get_inputs()]
     if tuple(names) != INPUT_NAMES:
         raise ArtifactMismatch(f"{path}: inputs {names}, expected {list(INPUT_NAMES)}")
+    outputs = [o.name for o in session.get_outputs()]
+    if tuple(outputs[:len(OUTPUT_NAMES)]) != OUTPUT_NAMES:
+        raise ArtifactMismatch(f"{path}: outputs {outputs}, expected {list(OUTPUT_NAMES)} first")
 
     def run(points: Tensor, noise: Tensor, temperature: Tensor) -> GraphOutputs:
         feeds = {
@@ -65,28 +69,35 @@ def load_onnx_runner(path: Path, threads: Optional[int] = None) -> Runner:
             "noise": noise.detach().cpu().numpy().astype(np.float32, copy=False),
             "temperature": temperature.detach().cpu().numpy().astype(np.float32, copy=False).reshape(()),
         }
-        outs = session.run(list(OUTPUT_NAMES), feeds)
+        outs = session.run(outputs, feeds)  # the four outputs, and the tokens of a DVQ-VAE graph
         return tuple(torch.from_numpy(o) for o in outs)  # type: ignore[return-value]
 
     return run
 
 
-def load_tensorrt_runner(path: Path, device: Union[str, torch.device] = "cuda", half_io: bool = False) -> Runner:
+def load_tensorrt_runner(path: Path, device: Union[str, torch.device] = "cuda") -> Runner:
+    """A Torch-TensorRT ExportedProgram on ``device``. Inputs and outputs are float32 in every precision
+    (an fp16 engine casts inside the graph, see ``runtime.precision``). Loading failures are raised
+    as ``BackendError`` (``auto`` falls back on them)."""
     problem = artifacts.tensorrt_problem()
     if problem:
         raise BackendUnavailable(problem)
     import torch_tensorrt
 
-    module = torch_tensorrt.load(str(path)).module()
     dev = torch.device(device)
-    dtype = torch.float16 if half_io else torch.float32
+    try:
+        with on_device(dev):
+            module = torch_tensorrt.load(str(path)).module()
+    except Exception as e:  # noqa: BLE001 - torch.export.load / TensorRT deserialisation errors of any type
+        lines = str(e).strip().splitlines()
+        raise BackendError(f"Torch-TensorRT {getattr(torch_tensorrt, '__version__', '?')} cannot load {path} on "
+                           f"{dev}: {type(e).__name__}: {lines[0][:300] if lines else ''}") from e
 
     def run(points: Tensor, noise: Tensor, temperature: Tensor) -> GraphOutputs:
-        args = (points.to(dev, dtype), noise.to(dev, dtype), temperature.reshape(1).to(dev, dtype))
-        with torch.inference_mode():
+        args = (points.to(dev, torch.float32), noise.to(dev, torch.float32),
+                temperature.reshape(1).to(dev, torch.float32))
+        with on_device(dev), torch.inference_mode():
             outs = module(*args)
         return tuple(o.float() if o.is_floating_point() else o for o in outs)  # type: ignore[return-value]
 
     return run
-
-
