@@ -112,10 +112,14 @@ def test_cli_pack_then_unpack(dataset, tmp_path, capsys):
 def test_default_training_set(tmp_path):
     """The committed default set: its size, its splits, and the first objects rebuild exactly."""
     manifest, a = compact.read_compact(DEFAULT)
-    assert manifest["num_grasps"] >= 20_000
-    assert manifest["num_objects_with_grasps"] >= 1_000
+    assert manifest["num_grasps"] >= 45_000
+    assert manifest["num_objects_with_grasps"] >= 1_900
     assert len(set(a["object_id"].tolist())) == len(a["object_id"])  # an object has one split only
-    assert set(a["object_split"].tolist()) == {"train", "val", "test"}
+    assert set(a["object_split"].tolist()) == {"train", "val", "test", "test_mesh"}
+    ids, splits = a["object_id"].tolist(), a["object_split"].tolist()
+    urdf = {int(o.split("-")[1]): sp for o, sp in zip(ids, splits) if o.startswith("random_urdf-")}
+    assert len(urdf) >= 990  # random_urdfs 000-999 (a few are outside the graspable size range)
+    assert all((sp == "test_mesh") == (i >= 800) for i, sp in urdf.items())
     assert manifest["dataset"]["hand_fingerprint"] == load_hand_model("standin").fingerprint
     r = compact.unpack(DEFAULT, tmp_path / "re", workers=1, limit=3, progress=False)
     assert r["rebuilt"] == 3

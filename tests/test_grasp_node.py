@@ -392,9 +392,13 @@ def test_full_resolution_cloud_from_another_process(harness, checkpoint, qos) ->
             assert wait_for(lambda: len(h.inbox["wrists"]) >= 1, 45.0), h.node.diagnostics_snapshot()
             assert len(h.inbox["wrists"][0].poses) == 2 and not warnings
         else:
-            assert wait_for(lambda: warnings, 45.0), "best effort must say that clouds are lost"
-            assert "qos:=reliable" in warnings[0], warnings
-            assert h.node.diagnostics_snapshot().values["clouds_received"] < 3
+            # Whether best effort loses a 14.7 MB cloud depends on the machine's load; what a user
+            # relies on is that a loss is never silent: every lost cloud is reported with the fix.
+            camera.wait(timeout=60)
+            received = lambda: h.node.diagnostics_snapshot().values["clouds_received"]  # noqa: E731
+            assert wait_for(lambda: warnings or received() == 3, 45.0), h.node.diagnostics_snapshot()
+            if received() < 3:
+                assert warnings and "qos:=reliable" in warnings[0], warnings
     finally:
         camera.wait(timeout=60)
 
