@@ -251,3 +251,29 @@ def test_mesh_folder_dataset(tmp_path):
     assert ds.mesh(juice_i).metadata["units"] == "mm"
     np.testing.assert_allclose(ds.mesh(juice_i).extents, [0.06, 0.06, 0.12], rtol=1e-2)
     json.dumps([r for _, r in ds.rejected])  # reasons are plain strings
+
+
+def test_principal_input_frame_moves_hand_with_the_cloud(dataset_root, hand):
+    """input_frame="principal": each sample (rotated, partial or not) is in its own cloud's principal axes, and
+    the hand made the same rigid motion; validation-style items (no augmentation) too."""
+    for aug in (Augmentation(rotate=True, partial_prob=0.5, partial_method="visibility", input_frame="principal"),
+                Augmentation(input_frame="principal")):
+        ds = GraspDataset(dataset_root, "train", augment=aug, hand=hand, seed=5)
+        for i in (0, 3):
+            item, g = ds[i], _original(ds, i)
+            pts = item["points"].double().numpy()
+            cov = pts.T @ pts
+            assert np.abs(cov - np.diag(np.diag(cov))).max() < 1e-4 * cov.max()
+            hv, hv0 = verts(hand, item["params"].double().numpy())[0], verts(hand, g["params"])[0]
+            # the rigid motion taking the original hand to the sample's, applied to the points, lands on the
+            # original surface (up to the depth noise-free views used here)
+            a, b = hv0 - hv0.mean(0), hv - hv.mean(0)
+            u, _, vt = np.linalg.svd(b.T @ a)
+            R = u @ np.diag([1, 1, np.linalg.det(u @ vt)]) @ vt
+            np.testing.assert_allclose(a @ R.T, b, atol=1e-5)
+            back = (pts - hv.mean(0)) @ R + hv0.mean(0)
+            assert cKDTree(g["points"]).query(back)[0].max() < 1e-5
+    with pytest.raises(ValueError, match="hand model"):
+        GraspDataset(dataset_root, "train", augment=Augmentation(input_frame="principal"))
+    with pytest.raises(ValueError, match="input_frame"):
+        Augmentation(input_frame="upright")

@@ -35,9 +35,9 @@ NUM_POINTS = 512
 TOL_M = 1e-4
 
 
-def _dvqvae(hand, seed: int = 0):
+def _dvqvae(hand, seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    cfg = dvqvae_config("compact", num_points=NUM_POINTS)
+    cfg = dvqvae_config("compact", num_points=NUM_POINTS, **overrides)
     model = DVQVAE(cfg, hand).eval()
     with torch.no_grad():  # spread the codes as training would: different tokens -> visibly different hands
         model.hand_codebook.weight.normal_()
@@ -50,7 +50,10 @@ def gens(hand) -> dict[str, GraspGenerator]:
     model, prior = _dvqvae(hand)
     torch.manual_seed(1)
     cvae = GraspCVAE(cvae_config("compact", num_points=NUM_POINTS), hand).eval()
+    # the 6-D rotation's matrix -> axis-angle conversion is part of the graph; the principal frame is not
+    model6, prior6 = _dvqvae(hand, rotation="6d", input_frame="principal")
     return {"dvqvae": GraspGenerator(model, prior, hand=hand),
+            "dvqvae6d": GraspGenerator(model6, prior6, hand=hand),
             "cvae": GraspGenerator(cvae, hand=hand)}
 
 
@@ -73,7 +76,7 @@ def _compare(gen: GraspGenerator, backend, k: int, seed: int, temperature: float
     return parity(ref, got)
 
 
-@pytest.mark.parametrize("kind", ["dvqvae", "cvae"])
+@pytest.mark.parametrize("kind", ["dvqvae", "dvqvae6d", "cvae"])
 @pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
 def test_round_trip_parity_and_dynamic_k(gens, exported, kind: str, fmt: str) -> None:
     gen = gens[kind]
@@ -84,9 +87,9 @@ def test_round_trip_parity_and_dynamic_k(gens, exported, kind: str, fmt: str) ->
     assert meta["graph"] == graph_identity(gen, None)
     assert [i["name"] for i in meta["io"]["inputs"]] == ["points", "noise", "temperature"]
     # DVQ-VAE artifacts also return the sampled tokens (the parity checks compare them); the CVAE has none
-    extra = ["tokens"] if kind == "dvqvae" else []
+    extra = ["tokens"] if kind != "cvae" else []
     assert [o["name"] for o in meta["io"]["outputs"]] == ["params", "vertices", "keypoints", "scores", *extra]
-    assert meta["verification"]["tokens_compared"] == (kind == "dvqvae")
+    assert meta["verification"]["tokens_compared"] == (kind != "cvae")
     assert meta["verification"]["token_flips"] == 0  # fp32 CPU runtimes: no flips
     assert meta["io"]["inputs"][1]["shape"][0] == "K" and meta["io"]["inputs"][0]["shape"] == [1, NUM_POINTS, 3]
     assert meta["versions"]["torch"] == torch.__version__

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dvqvae_model.canonical_frame import check_input_frame
 from dvqvae_model.io import SerializableConfig
 from dvqvae_model.nets.dvqvae import GraspDecoding
 from dvqvae_model.nets.gating import mlp
@@ -35,6 +36,10 @@ class CVAEConfig(SerializableConfig):
     use_stn: bool = True
     norm: str = "batch"
     point_scale: float = 10.0  # points are multiplied by this before the PointNets (metres -> dm)
+    # Frame the model's input cloud is given in (dvqvae_model.canonical_frame): "centred" (translated
+    # to its mean, as every model before this field) or "principal" (also rotated into its principal axes).
+    # GraspGenerator applies it before the model and undoes it on the grasps.
+    input_frame: str = "centred"
     loss_weights: LossWeights = field(default_factory=LossWeights)
 
     def __post_init__(self) -> None:
@@ -45,6 +50,7 @@ class CVAEConfig(SerializableConfig):
                 setattr(self, f.name, tuple(int(v) for v in getattr(self, f.name)))
         if self.norm not in ("batch", "none"):
             raise ValueError(f"unknown norm {self.norm!r}")
+        check_input_frame(self.input_frame)
 
 
 GraspCVAEConfig = CVAEConfig  # name used by dvqvae_model.checkpoint

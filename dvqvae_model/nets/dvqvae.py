@@ -40,18 +40,20 @@ import torch
 from torch import Tensor, nn
 from smplx.lbs import batch_rodrigues
 
+from dvqvae_model.canonical_frame import check_input_frame
 from dvqvae_model.io import SerializableConfig
 from dvqvae_model.nets.codebook import Codebook
 from dvqvae_model.nets.gating import SkeletalGating, mlp
 from dvqvae_model.hand.hand_model import HandModel, HandOutput
 from dvqvae_model.nets.losses import LossWeights, grasp_losses
 from dvqvae_model.nets.pointnet import GroupedMLP, PointNet
+from dvqvae_model.nets.rotations import IDENTITY_6D, matrix_to_axis_angle, rot6d_to_matrix, rotation_dim
 
 VARIANTS = ("full", "single_codebook", "no_dual_stage", "one_object_encoder", "reverse_order")
 PART_NAMES = ("thumb", "index", "middle", "ring", "pinky", "palm")
 NUM_PARTS = 6
 POSTURE_DIM = 55  # 10 betas + 45 pose
-POSITION_DIM = 6  # 3 global orient + 3 transl
+POSITION_DIM = 6  # 3 global orient (axis-angle) + 3 transl; 9 with the 6-D rotation (DVQVAEConfig.rotation)
 
 
 def _tuple(x: Sequence[int]) -> tuple[int, ...]:
@@ -89,6 +91,14 @@ class DVQVAEConfig(SerializableConfig):
     position_sees_codes: bool = False
     part_max_vertices: int = 0  # >0: thin larger hand parts to this many vertices (farthest-point)
     point_scale: float = 10.0  # points are multiplied by this before every PointNet (metres -> dm, O(1))
+    # Frame the model's input cloud is given in (dvqvae_model.canonical_frame): "centred" (translated
+    # to its mean, as every model before this field) or "principal" (also rotated into its principal axes).
+    # GraspGenerator applies it before the model and undoes it on the grasps.
+    input_frame: str = "centred"
+    # How the position decoder regresses the global orientation: "axis_angle" (the paper's, MANO's own
+    # parameters) or "6d" (continuous, nets.rotations; converted to axis-angle for the published parameters,
+    # and the position loss compares rotation matrices).
+    rotation: str = "axis_angle"
     loss_weights: LossWeights = field(default_factory=LossWeights)
 
     def __post_init__(self) -> None:
@@ -101,10 +111,17 @@ class DVQVAEConfig(SerializableConfig):
             raise ValueError(f"unknown variant {self.variant!r}; expected one of {VARIANTS}")
         if self.norm not in ("batch", "none"):
             raise ValueError(f"unknown norm {self.norm!r}")
+        check_input_frame(self.input_frame)
+        rotation_dim(self.rotation)
 
     @property
     def object_feature_dim(self) -> int:
         return self.object_pointnet_widths[-1]
+
+    @property
+    def position_dim(self) -> int:
+        """Position decoder outputs: orientation (3 or 6) + translation (3)."""
+        return rotation_dim(self.rotation) + 3
 
 
 @dataclass
@@ -118,6 +135,7 @@ class GraspDecoding:
     posture_raw: Tensor  # [B, 55] posture decoder output before gating
     gate: Tensor  # [B, 45] gating values (zeros when gating is off)
     canonical_vertices: Tensor  # [B, 778, 3] hand posed at the origin (zero orient / transl)
+    rotation: Tensor | None = None  # [B, 3, 3] global orientation as regressed ("6d" models; for the loss)
 
 
 @dataclass
@@ -134,9 +152,11 @@ class DVQVAEOutput:
     z_hand: Tensor  # [B, H, D] continuous hand latents
 
 
-def rigid_place(points: Tensor, root: Tensor, global_orient: Tensor, transl: Tensor) -> Tensor:
-    """MANO's global transform of origin-posed ``points[B, P, 3]``: ``R (p - j0) + j0 + t``."""
-    rot = batch_rodrigues(global_orient)  # [B, 3, 3]
+def rigid_place(points: Tensor, root: Tensor, global_orient: Tensor, transl: Tensor,
+                rotation: Tensor | None = None) -> Tensor:
+    """MANO's global transform of origin-posed ``points[B, P, 3]``: ``R (p - j0) + j0 + t``
+    (``R`` = ``rotation [B, 3, 3]`` when given, else from the axis-angle ``global_orient``)."""
+    rot = batch_rodrigues(global_orient) if rotation is None else rotation  # [B, 3, 3]
     root = root.unsqueeze(1)
     return torch.matmul(points - root, rot.transpose(1, 2)) + root + transl.unsqueeze(1)
 
@@ -224,22 +244,27 @@ class DVQVAE(nn.Module):
         codes_dim = NUM_PARTS * d
         self.position_pointnet: PointNet | None = None
         if cfg.variant == "no_dual_stage":
-            self.posture_decoder = mlp(codes_dim + 2 * c_obj, (*cfg.posture_decoder_widths, 61))
+            self.posture_decoder = mlp(codes_dim + 2 * c_obj, (*cfg.posture_decoder_widths, POSTURE_DIM + cfg.position_dim))
             self.position_decoder = None
         elif cfg.variant == "reverse_order":
-            self.position_decoder = mlp(codes_dim + c_obj, (*cfg.position_decoder_widths, POSITION_DIM))
-            self.posture_decoder = mlp(codes_dim + c_obj + POSITION_DIM, (*cfg.posture_decoder_widths, POSTURE_DIM))
+            self.position_decoder = mlp(codes_dim + c_obj, (*cfg.position_decoder_widths, cfg.position_dim))
+            self.posture_decoder = mlp(codes_dim + c_obj + cfg.position_dim, (*cfg.posture_decoder_widths, POSTURE_DIM))
         else:
             self.posture_decoder = mlp(codes_dim + c_obj, (*cfg.posture_decoder_widths, POSTURE_DIM))
             self.position_pointnet = PointNet(cfg.position_pointnet_widths, norm=cfg.norm, use_stn=cfg.use_stn)
             self.position_decoder = mlp(cfg.position_pointnet_widths[-1] + c_obj
                                         + (codes_dim if cfg.position_sees_codes else 0),
-                                        (*cfg.position_decoder_widths, POSITION_DIM))
+                                        (*cfg.position_decoder_widths, cfg.position_dim))
         for dec in (self.posture_decoder, self.position_decoder):
             if dec is not None:  # start near the flat hand at the object centre
                 with torch.no_grad():
                     dec[-1].weight.mul_(0.1)
                     dec[-1].bias.zero_()
+        if cfg.rotation == "6d":  # ... with the identity orientation (a zero 6-D vector has none)
+            with torch.no_grad():
+                dec = self.position_decoder if self.position_decoder is not None else self.posture_decoder
+                start = 0 if self.position_decoder is not None else POSTURE_DIM
+                dec[-1].bias[start:start + 6] = torch.tensor(IDENTITY_6D)
         self.gating = SkeletalGating(10, 45, cfg.gate_hidden, cfg.transform_hidden) if cfg.use_gating else None
 
         # --- fixed tables from the hand layer
@@ -299,8 +324,11 @@ class DVQVAE(nn.Module):
         variant = self.cfg.variant
         if variant == "no_dual_stage":
             out = self.posture_decoder(torch.cat([codes, z_t, z_p], dim=1))
-            posture_raw = torch.cat([out[:, 0:10], out[:, 13:58]], dim=1)
-            position = torch.cat([out[:, 10:13], out[:, 58:61]], dim=1)
+            if self.cfg.rotation == "axis_angle":  # MANO's parameter layout (as models trained before "6d")
+                posture_raw = torch.cat([out[:, 0:10], out[:, 13:58]], dim=1)
+                position = torch.cat([out[:, 10:13], out[:, 58:61]], dim=1)
+            else:
+                posture_raw, position = out[:, :POSTURE_DIM], out[:, POSTURE_DIM:]
         elif variant == "reverse_order":
             assert self.position_decoder is not None
             position = self.position_decoder(torch.cat([codes, z_p], dim=1))
@@ -315,17 +343,23 @@ class DVQVAE(nn.Module):
             assert self.position_decoder is not None
             inputs = [self._position_feature(canon.vertices), z_p] + ([codes] if self.cfg.position_sees_codes else [])
             position = self.position_decoder(torch.cat(inputs, dim=1))
-        orient, transl = position[:, :3], position[:, 3:]
+        transl = position[:, -3:]
+        if self.cfg.rotation == "6d":
+            rot: Tensor | None = rot6d_to_matrix(position[:, :6])
+            orient = matrix_to_axis_angle(rot)
+        else:
+            rot, orient = None, position[:, :3]
         root = canon.joints[:, 0]
         params = torch.cat([betas, orient, pose, transl], dim=1)
         return GraspDecoding(
             params=params,
-            vertices=rigid_place(canon.vertices, root, orient, transl),
-            joints=rigid_place(canon.joints, root, orient, transl),
-            keypoints=rigid_place(canon.keypoints, root, orient, transl),
+            vertices=rigid_place(canon.vertices, root, orient, transl, rot),
+            joints=rigid_place(canon.joints, root, orient, transl, rot),
+            keypoints=rigid_place(canon.keypoints, root, orient, transl, rot),
             posture_raw=posture_raw,
             gate=gate,
             canonical_vertices=canon.vertices,
+            rotation=rot,
         )
 
     # ------------------------------------------------------------------------------- training
@@ -347,7 +381,7 @@ class DVQVAE(nn.Module):
             losses = grasp_losses(obj_points, decoding.params, decoding.vertices, hand_params, gt.vertices,
                                   self.hand.faces, self.contact_ids, self.cfg.loss_weights,
                                   joint_limits=self.joint_limits, extra={"embedding": hq.loss + oq.loss},
-                                  loss_points=loss_points)
+                                  loss_points=loss_points, pred_rotation=decoding.rotation)
         usage = {
             "perplexity": torch.cat([oq.perplexity, hq.perplexity]),
             "used_codes": torch.cat([oq.used_codes, hq.used_codes]),

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
 import torch
+from smplx.lbs import batch_rodrigues
 from torch import Tensor
 
 from dvqvae_model.io import config_from_dict
@@ -195,7 +196,8 @@ def kl_divergence(mu: Tensor, logvar: Tensor) -> Tensor:
 def grasp_losses(obj_points: Tensor, pred_params: Tensor, pred_vertices: Tensor, gt_params: Tensor,
                  gt_vertices: Tensor, faces: Tensor, contact_ids: Tensor,
                  weights: LossWeights | None = None, joint_limits: Tensor | None = None,
-                 extra: Mapping[str, Tensor] | None = None, loss_points: int = 0) -> dict[str, Tensor]:
+                 extra: Mapping[str, Tensor] | None = None, loss_points: int = 0,
+                 pred_rotation: Tensor | None = None) -> dict[str, Tensor]:
     """All reconstruction and contact terms for predicted vs GT grasps, plus weighted ``total``.
 
     ``obj_points[B, N, 3]``, params ``[B, 61]``, vertices ``[B, 778, 3]``, ``faces[F, 3]`` (for normals),
@@ -207,6 +209,10 @@ def grasp_losses(obj_points: Tensor, pred_params: Tensor, pred_vertices: Tensor,
     CPU step). The caller must pass points in random order (training clouds are random resamples), so
     the subset is a uniform sample: the mean-type terms stay unbiased estimates and the penetration sum
     is scaled by ``N / loss_points`` to keep its magnitude.
+
+    ``pred_rotation [B, 3, 3]`` (decoders that regress a continuous rotation): the ``position`` term
+    compares rotation matrices (entries) and translations instead of axis-angle vectors, whose wrap at
+    pi would make the target jump between near-identical hands.
     """
     w = weights or LossWeights()
     n_all = obj_points.shape[1]
@@ -218,7 +224,10 @@ def grasp_losses(obj_points: Tensor, pred_params: Tensor, pred_vertices: Tensor,
     posi = torch.as_tensor(POSITION_INDEX, device=dev)
     terms: dict[str, Tensor] = {
         "posture": param_loss(pred_params[:, post], gt_params[:, post]),
-        "position": param_loss(pred_params[:, posi], gt_params[:, posi]),
+        "position": param_loss(pred_params[:, posi], gt_params[:, posi]) if pred_rotation is None else
+        param_loss(torch.cat([pred_rotation.flatten(1), pred_params[:, SLICE_TRANSL]], dim=1),
+                   torch.cat([batch_rodrigues(gt_params[:, SLICE_GLOBAL_ORIENT]).flatten(1), gt_params[:, SLICE_TRANSL]],
+                             dim=1)),
         "vertex": vertex_loss(pred_vertices, gt_vertices),
     }
     with torch.no_grad():

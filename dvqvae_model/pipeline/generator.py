@@ -9,9 +9,12 @@ graph's own score, nothing after it); the node's settings are
 ``GraspGenerator.from_checkpoint(path, **DEFAULTS.generator_options())``
 (``dvqvae_model.pipeline.defaults``), which ``dvqvae-grasp generate`` uses too.
 
-Frames: the cloud is only *centred* (translated), never rotated, so only translation has to be
-undone: ``transl``, vertices, keypoints and joints get the centre added; ``global_orient`` and
-the finger pose are unchanged. Grasps are therefore returned in the frame of the input points.
+Frames: the cloud is centred (translated) and, for models trained with ``input_frame="principal"``,
+rotated into its principal axes (``dvqvae_model.canonical_frame``). Ranking and refinement work
+in that model frame; at the end the motion is undone: vertices, keypoints and joints are rotated
+back and get the centre added, and the MANO parameters are moved exactly (global orientation and
+translation about the wrist, ``dvqvae_model.hand.rigid_motion``); the finger pose is unchanged.
+Grasps are therefore returned in the frame of the input points.
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ from torch import Tensor, nn
 
 from dvqvae_model.runtime import ExportableGraph, InferenceBackend, config_dict, select_backend
 from dvqvae_model.hand.hand_model import KEYPOINT_SOURCE, SLICE_TRANSL, HandModel, load_hand_model
+from dvqvae_model.hand.rigid_motion import WristJoint, transform_hand_params
 from dvqvae_model.pipeline.grasp_quality import (
     TERM_NAMES,
     CloudSurface,
@@ -145,7 +149,9 @@ class GraspGenerator:
             min_points=max(MIN_INPUT_POINTS, int(min_points)),
             min_extent=float(min_extent),
             max_extent=float(max_extent),
+            frame=str(getattr(getattr(model, "cfg", None), "input_frame", "centred")),
         )
+        self._wrist: Optional[WristJoint] = None  # built on the first rotated cloud
         self.faces = hand.faces.detach().cpu().numpy().astype(np.int64)
         self._graphs: dict[Optional[int], nn.Module] = {}
         self._joint_index = torch.tensor(JOINTS_FROM_KEYPOINTS, dtype=torch.long)
@@ -298,18 +304,16 @@ class GraspGenerator:
         for b, prep in enumerate(prepared):
             sl = slice(b * k, (b + 1) * k)
             centre = np.asarray(prep.centre, dtype=np.float64)
-            c32 = centre.astype(np.float32)
-            p = params[sl].cpu().numpy().astype(np.float32)
-            p[:, SLICE_TRANSL] += c32
+            p, back = self._params_to_input_frame(params[sl].cpu().numpy(), prep)
             s = scores[sl].cpu().numpy().astype(np.float32)
             order = np.argsort(-s, kind="stable")
             object_terms = {name: terms[name][sl].cpu().numpy().astype(np.float32)[order] for name in TERM_NAMES
                             if name in terms}
             out.append(GraspSet(
                 params=p[order],
-                vertices=(vertices[sl].cpu().numpy() + c32)[order].astype(np.float32),
-                keypoints=(keypoints[sl].cpu().numpy() + c32)[order].astype(np.float32),
-                joints=(joints[sl].cpu().numpy() + c32)[order].astype(np.float32),
+                vertices=back(vertices[sl].cpu().numpy())[order],
+                keypoints=back(keypoints[sl].cpu().numpy())[order],
+                joints=back(joints[sl].cpu().numpy())[order],
                 scores=s[order],
                 faces=self.faces,
                 centre=centre,
@@ -330,6 +334,21 @@ class GraspGenerator:
         for gs in out:
             gs.timing = dict(timing)
         return out
+
+    def _params_to_input_frame(self, params: np.ndarray, prep: Any) -> tuple[np.ndarray, Any]:
+        """MANO parameters [K, 61] moved from the model's frame to the input frame, and the point map."""
+        centre = np.asarray(prep.centre, dtype=np.float64)
+        rotation = np.asarray(prep.rotation, dtype=np.float64)
+        if np.array_equal(rotation, np.eye(3)):  # centred only: a translation (exact in float32)
+            c32 = centre.astype(np.float32)
+            p = params.astype(np.float32)
+            p[:, SLICE_TRANSL] += c32
+            return p, lambda x: (x + c32).astype(np.float32)
+        if self._wrist is None:
+            self._wrist = WristJoint(self.hand)
+        wrist = self._wrist(params[:, :10].astype(np.float64))
+        p = transform_hand_params(params.astype(np.float64), rotation.T, centre, wrist).astype(np.float32)
+        return p, lambda x: (x.astype(np.float64) @ rotation + centre).astype(np.float32)
 
     # ------------------------------------------------------------------ ranking and refinement
     def score_candidates(self, points: Tensor, surface: CloudSurface, vertices: Tensor, keypoints: Tensor,

@@ -22,16 +22,19 @@ Pipeline (every step deterministic for a given `seed`):
      occupied voxel ("voxel": FPS-like evenness at a fraction of the cost; `GraspGenerator`'s
      default). With fewer valid
      points than `num_points`, all are kept and the rest drawn again with replacement;
-  7. centre at the mean of the output points.
+  7. centre at the mean of the output points; with ``frame="principal"`` also rotate into the
+     points' principal axes (``dvqvae_model.canonical_frame``), for models trained in that frame.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from scipy.spatial import cKDTree
+
+from dvqvae_model.canonical_frame import check_input_frame, principal_frame
 
 __all__ = [
     "CloudError",
@@ -55,31 +58,38 @@ class CloudError(ValueError):
 class PreparedCloud:
     """Model-ready points plus what is needed to map results back to the input frame."""
 
-    points: np.ndarray  # [num_points, 3] float32, centred (mean zero)
+    points: np.ndarray  # [num_points, 3] float32, centred (mean zero), rotated by `rotation`
     centre: np.ndarray  # [3] float64; input-frame position of the centred frame's origin
     num_input: int  # rows given
     num_valid: int  # finite and inside the crops (full resolution, before outlier removal)
     num_outliers: int = 0  # removed by outlier removal (counted in the working set)
+    # [3, 3] float64: model frame = rotation @ (input - centre); identity unless frame="principal"
+    rotation: np.ndarray = field(default_factory=lambda: np.eye(3))
 
     def to_input_frame(self, x: Any) -> Any:
-        """Map points [..., 3] from the centred frame back to the input frame."""
-        return to_input_frame(x, self.centre)
+        """Map points [..., 3] from the model's frame back to the input frame."""
+        return to_input_frame(x, self.centre, self.rotation)
 
 
-def to_input_frame(x: Any, centre: np.ndarray) -> Any:
-    """Add `centre` back to points [..., 3] (numpy -> float64; a torch tensor keeps its dtype).
+def to_input_frame(x: Any, centre: np.ndarray, rotation: np.ndarray | None = None) -> Any:
+    """``x @ rotation + centre`` for points [..., 3] (numpy -> float64; a torch tensor keeps its dtype).
 
-    Also right for MANO translations: a hand posed in the centred frame with translation t is
-    the same hand in the input frame with translation t + centre.
+    Without a rotation also right for MANO translations: a hand posed in the centred frame with
+    translation t is the same hand in the input frame with translation t + centre (a rotated
+    hand's parameters need ``dvqvae_model.hand.rigid_motion.transform_hand_params``).
     """
     centre = np.asarray(centre, dtype=np.float64).reshape(3)
     if type(x).__module__.startswith("torch"):
         import torch
 
+        if rotation is not None:
+            x = x @ torch.as_tensor(np.asarray(rotation), dtype=x.dtype, device=x.device)
         return x + torch.as_tensor(centre, dtype=x.dtype, device=x.device)
     arr = np.asarray(x, dtype=np.float64)
     if arr.shape[-1:] != (3,):
         raise ValueError(f"expected points [..., 3], got shape {arr.shape}")
+    if rotation is not None:
+        arr = arr @ np.asarray(rotation, dtype=np.float64)
     return arr + centre
 
 
@@ -273,6 +283,7 @@ def prepare_cloud(
     max_work_points: int | None = None,
     max_extent: float = 5.0,
     min_extent: float = 1e-3,
+    frame: str = "centred",
 ) -> PreparedCloud:
     """Validate, filter, resample to exactly `num_points` and centre an object cloud.
 
@@ -281,7 +292,7 @@ def prepare_cloud(
     max_work_points: working-set cap before outlier removal and sampling (default
     2 * num_points). outlier_reference: subsample size for the outlier statistic's neighbour
     search (None: every point, open3d's exact rule). max_extent / min_extent bound the largest
-    side of the cloud's bounding box.
+    side of the cloud's bounding box. frame: "centred" or "principal" (the model's input_frame).
     Raises CloudError (a ValueError) with counts when the cloud is unusable.
     """
     if isinstance(num_points, bool) or not isinstance(num_points, (int, np.integer)) \
@@ -291,6 +302,7 @@ def prepare_cloud(
         raise ValueError(f"sampling must be one of {SAMPLING_METHODS}, got {sampling!r}")
     if min_points < 1:
         raise ValueError(f"min_points must be >= 1, got {min_points}")
+    check_input_frame(frame)
     work_cap = 2 * int(num_points) if max_work_points is None else int(max_work_points)
     if work_cap < num_points:
         raise ValueError(f"max_work_points ({work_cap}) must be >= num_points ({num_points})")
@@ -364,10 +376,13 @@ def prepare_cloud(
         idx = farthest_point_indices(pts, num_points, start=int(rng.integers(n)))
     chosen = pts[idx]
     centre = chosen.mean(axis=0)
+    centred = chosen - centre
+    rotation = principal_frame(centred) if frame == "principal" else np.eye(3)
     return PreparedCloud(
-        points=(chosen - centre).astype(np.float32),
+        points=(centred @ rotation.T).astype(np.float32),
         centre=centre,
         num_input=num_input,
         num_valid=num_valid,
         num_outliers=num_outliers,
+        rotation=rotation,
     )

@@ -27,6 +27,8 @@ from scipy.spatial import cKDTree
 from scipy.spatial.transform import Rotation
 from torch.utils.data import Dataset
 
+from dvqvae_model.canonical_frame import check_input_frame, principal_frame
+from dvqvae_model.hand.rigid_motion import WristJoint, transform_hand_params  # noqa: F401  (re-exported)
 from dvqvae_training.dataset.dataset_format import DatasetReader, sample_surface
 
 PARAM_DIM = 61
@@ -34,45 +36,6 @@ S_BETAS, S_ORIENT, S_POSE, S_TRANSL = slice(0, 10), slice(10, 13), slice(13, 58)
 
 
 # =============================================================================== rigid motions of hands
-
-
-class WristJoint:
-    """Rest position of MANO joint 0 as a function of the shape: j0(betas) = a + B betas.
-
-    Joint 0 is regressed from the shaped template before any posing, so it is affine
-    in betas; ``a`` and ``B`` are read off the hand model once (11 forward passes).
-    """
-
-    def __init__(self, hand: Any):
-        with torch.no_grad():
-            dtype = hand.mano.v_template.dtype
-            betas = torch.cat([torch.zeros(1, 10, dtype=dtype), torch.eye(10, dtype=dtype)])
-            z3 = torch.zeros(11, 3, dtype=dtype)
-            out = hand(betas, z3, torch.zeros(11, 45, dtype=dtype), z3)
-            j0 = out.joints[:, 0].double().numpy()
-        self.a = j0[0]
-        self.B = (j0[1:] - j0[0]).T  # [3,10]
-
-    def __call__(self, betas: np.ndarray) -> np.ndarray:
-        return self.a + np.asarray(betas, dtype=np.float64) @ self.B.T
-
-
-def transform_hand_params(params: np.ndarray, rotation: np.ndarray, translation: np.ndarray, wrist: np.ndarray) -> np.ndarray:
-    """Parameters of the hand moved by x -> R x + t.
-
-    MANO poses v = R_g (v_local - j0) + j0 + transl (global orientation about the rest
-    wrist joint j0, then translation). Then R v + t = (R R_g)(v_local - j0) + j0 + transl'
-    with transl' = R (j0 + transl) + t - j0.
-    params [...,61], rotation [3,3], translation [3], wrist j0 [...,3] (see WristJoint).
-    """
-    p = np.array(params, dtype=np.float64, copy=True)
-    R = np.asarray(rotation, dtype=np.float64)
-    flat = p.reshape(-1, PARAM_DIM)
-    j0 = np.asarray(wrist, dtype=np.float64).reshape(-1, 3)
-    Rg = Rotation.from_rotvec(flat[:, S_ORIENT]).as_matrix()
-    flat[:, S_ORIENT] = Rotation.from_matrix(R @ Rg).as_rotvec()
-    flat[:, S_TRANSL] = (j0 + flat[:, S_TRANSL]) @ R.T + np.asarray(translation, dtype=np.float64) - j0
-    return flat.reshape(p.shape)
 
 
 def translate_hand_params(params: np.ndarray, offset: np.ndarray) -> np.ndarray:
@@ -101,8 +64,13 @@ class Augmentation:
     # "down" direction facing away from the camera are dropped, as a segmenter's table-plane removal
     # drops the object's base on a real table.
     table_cut: float = 0.0
+    # The model's input convention, applied last (so validation and token caching use it too):
+    # "centred" (translation only) or "principal" (also rotated into the observed cloud's principal
+    # axes, dvqvae_model.canonical_frame; the hand moves with it, so it needs the hand model).
+    input_frame: str = "centred"
 
     def __post_init__(self) -> None:
+        check_input_frame(self.input_frame)
         if self.partial_method not in ("auto", "depth_camera", "visibility"):
             raise ValueError(f"unknown partial_method {self.partial_method!r}")
         if not 0.0 <= self.partial_prob <= 1.0:
@@ -218,6 +186,11 @@ def make_view(
     sel = resample(len(pts), num_points, rng)
     pts, nrm = pts[sel] @ R.T + t, nrm[sel] @ R.T
     center = pts.mean(0)
+    moved = aug.rotate
+    if aug.input_frame == "principal":  # x -> C (R x + t - center): rotate the centred view into its own axes
+        C = principal_frame(pts - center)
+        pts, nrm, center, t, R = pts @ C.T, nrm @ C.T, center @ C.T, t @ C.T, C @ R
+        moved = True
     out: dict[str, np.ndarray] = {
         "points": (pts - center).astype(np.float32),
         "normals": nrm.astype(np.float32),
@@ -226,8 +199,8 @@ def make_view(
         "partial": np.array(partial),
     }
     if params is not None:
-        moved = transform_hand_params(params, R, t - center, wrist) if aug.rotate else translate_hand_params(params, t - center)
-        out["params"] = moved.astype(np.float32)
+        hand = transform_hand_params(params, R, t - center, wrist) if moved else translate_hand_params(params, t - center)
+        out["params"] = hand.astype(np.float32)
     return out
 
 
@@ -266,8 +239,8 @@ class GraspDataset(Dataset):
         self.split = split
         self.num_points = int(num_points or self.reader.num_points)
         self.augment = augment or Augmentation()
-        if self.augment.rotate and hand is None:
-            raise ValueError("rotation augmentation needs the hand model (for the wrist joint)")
+        if (self.augment.rotate or self.augment.input_frame != "centred") and hand is None:
+            raise ValueError("rotation augmentation and the principal input frame need the hand model (for the wrist joint)")
         if hand is not None and hand.fingerprint != self.reader.hand_fingerprint:
             raise ValueError(
                 f"hand model fingerprint {hand.fingerprint} differs from the dataset's {self.reader.hand_fingerprint}"
@@ -371,8 +344,8 @@ class ObManArrays(Dataset):
             raise ValueError(f"hand_param_{mode}.npy must be [{len(self.obj_pc)},61], got {self.hand_param.shape}")
         self.num_points = int(num_points)
         self.augment = augment or Augmentation()
-        if self.augment.rotate and hand is None:
-            raise ValueError("rotation augmentation needs the hand model (for the wrist joint)")
+        if (self.augment.rotate or self.augment.input_frame != "centred") and hand is None:
+            raise ValueError("rotation augmentation and the principal input frame need the hand model (for the wrist joint)")
         self.wrist = WristJoint(hand) if hand is not None else None
         self.seed = int(seed)
         self.epoch = 0

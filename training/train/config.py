@@ -56,6 +56,10 @@ class TrainConfig:
     loss_points: int = 256
     # data
     rotate: bool = True  # uniform SO(3) augmentation of object + hand together
+    # The model's input frame (DVQVAEConfig.input_frame): "principal" rotates every cloud (and its grasp) into
+    # the cloud's principal axes, so the model sees objects in one orientation whatever the augmentation.
+    input_frame: str = "centred"
+    rotation: str = "axis_angle"  # DVQ-VAE position decoder's orientation output (DVQVAEConfig.rotation)
     translate: float = 0.0
     # The node's input is one depth view of the object, so training sees one too, in this share of
     # samples: the stored cloud's points visible from a random camera ("visibility": hidden-point
@@ -103,7 +107,7 @@ class TrainConfig:
     def augmentation(self) -> Augmentation:
         return Augmentation(rotate=self.rotate, translate=self.translate, partial_prob=self.partial_prob,
                             partial_method=self.partial_method, depth_noise=self.depth_noise,
-                            table_cut=self.table_cut)
+                            table_cut=self.table_cut, input_frame=self.input_frame)
 
 
 @dataclass
@@ -142,7 +146,8 @@ class TrainResult:
 CONTACT_TERMS = ("consistency", "contact", "penetration")  # the terms weighted by lambda_m, lambda_c, lambda_p
 # Values of fields added after version-1 states were first written, for states saved without them
 # (so an old run resumes only with the settings it was actually trained with).
-LEGACY_CONFIG = {"contact_scale": 1.0, "contact_warmup": 0.0, "loss_points": 0}
+LEGACY_CONFIG = {"contact_scale": 1.0, "contact_warmup": 0.0, "loss_points": 0, "input_frame": "centred",
+                 "rotation": "axis_angle"}
 
 
 def contact_scale_at(cfg: TrainConfig, step: int, total_steps: int) -> float:

@@ -139,7 +139,7 @@ def open_splits(cfg: TrainConfig, hand: HandModel, num_points: int, val_augment:
     val: Optional[GraspDataset] = None
     source = "none"
     if reader.num_objects("val") > 0:
-        val = make("val", val_augment or Augmentation())
+        val = make("val", val_augment or Augmentation(input_frame=cfg.input_frame))
         source = "val"
         val_ids = _index_object_ids(reader, val.index)
     else:
@@ -147,7 +147,7 @@ def open_splits(cfg: TrainConfig, hand: HandModel, num_points: int, val_augment:
         val_ids = np.array([], dtype=object)
         if held:
             mask = np.array([o in held for o in train_ids], dtype=bool)
-            val = make("train", val_augment or Augmentation())
+            val = make("train", val_augment or Augmentation(input_frame=cfg.input_frame))
             val.index, val_ids = train.index[mask], train_ids[mask]
             train.index, train_ids = train.index[~mask], train_ids[~mask]
             source = "holdout"

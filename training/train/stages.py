@@ -137,11 +137,12 @@ def _train_grasp_model(stage: str, cfg: TrainConfig, *, hand: Optional[HandModel
     if stage == "dvqvae":
         model_cfg: Any = DVQVAEConfig.from_dict(saved["model_config"]) if saved else \
             dvqvae_config(cfg.preset, variant=cfg.variant, position_sees_codes=cfg.position_sees_codes,
+                          input_frame=cfg.input_frame, rotation=cfg.rotation,
                           **({"num_points": cfg.num_points} if cfg.num_points else {}))
         model: nn.Module = DVQVAE(model_cfg, hand)
     else:
         model_cfg = CVAEConfig.from_dict(saved["model_config"]) if saved else \
-            cvae_config(cfg.preset, **({"num_points": cfg.num_points} if cfg.num_points else {}))
+            cvae_config(cfg.preset, input_frame=cfg.input_frame, **({"num_points": cfg.num_points} if cfg.num_points else {}))
         model = GraspCVAE(model_cfg, hand)
     data = open_splits(cfg, hand, _num_points(cfg, model_cfg.num_points))  # before the hand moves to the device
     model.to(device).train()

@@ -24,6 +24,8 @@ from typing import Optional, Sequence
 
 from dvqvae_model.nets.config import DEFAULT_PRESET, PRESETS
 from dvqvae_model.nets.dvqvae import VARIANTS
+from dvqvae_model.canonical_frame import INPUT_FRAMES
+from dvqvae_model.nets.rotations import ROTATION_REPRS
 from dvqvae_training.train import (
     EXIT_RESUMABLE,
     PriorTrainConfig,
@@ -69,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="prior stage: DVQ-VAE checkpoint (default OUT/dvqvae/checkpoint)")
     p.add_argument("--grad-clip", type=float, default=None)
     p.add_argument("--no-rotate", action="store_true", help="no SO(3) augmentation")
+    p.add_argument("--rotation", choices=ROTATION_REPRS, default=None,
+                   help="DVQ-VAE: how the position decoder regresses the hand's orientation (6d: continuous; "
+                        "default: the config's, see TrainConfig.rotation)")
+    p.add_argument("--input-frame", choices=INPUT_FRAMES, default=None,
+                   help="the model's input frame: principal rotates each cloud and its grasp into the cloud's "
+                        "principal axes (default: the config's, see TrainConfig.input_frame)")
     p.add_argument("--partial-prob", type=float, default=None,
                    help="share of samples seen as one depth view of the object (default 0.3; 0 = full clouds only)")
     p.add_argument("--partial-method", choices=("visibility", "depth_camera", "auto"), default=None,
@@ -106,7 +114,7 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PriorTrainConfig]:
                   val_fraction=args.val_fraction, val_max_batches=args.val_max_batches, seed=args.seed,
                   device=args.device, num_threads=args.num_threads, num_workers=args.workers,
                   max_minutes=args.max_minutes, max_steps=args.max_steps, resume=args.resume, progress=progress)
-    for name in ("partial_prob", "partial_method", "depth_noise", "table_cut"):
+    for name in ("partial_prob", "partial_method", "depth_noise", "table_cut", "input_frame", "rotation"):
         if getattr(args, name) is not None:
             common[name] = getattr(args, name)
     if args.grad_clip is not None:
