@@ -113,7 +113,8 @@ def test_generator_keeps_the_best_candidates(hand, scene, gen, monkeypatch) -> N
     gs = g.generate(cloud, 4, seed=0)
     pen = penetration(hand, torch.from_numpy(gs.params), box)
     assert len(gs) == 4 and (pen < 0.5).all(), pen
-    assert np.all(np.diff(gs.scores) <= 0) and set(gs.terms) == {"prior", "penetration", "contact", "closure", "digits"}
+    assert np.all(np.diff(gs.scores) <= 0) and set(gs.terms) == {"prior", "penetration", "contact", "closure", "digits",
+                                                                      "stability"}
     raw = GraspGenerator(gen[0], gen[1], hand=hand, num_points=1024, ranking=False)
     assert raw.num_candidates(4, 8) == 4 and g.num_candidates(4) == 8
 

@@ -22,19 +22,30 @@ Terms per grasp (``quality_terms``), all "lower is better" except the prior:
   palm), each part's distance its closest vertex;
 * ``closure``      0..1: force-closure residual of the parts in contact (``force_closure``);
   1 with fewer than two parts in contact (a single contact cannot hold anything);
-* ``digits``       number of parts (of six) NOT within ``contact_mm`` of the surface.
+* ``digits``       number of parts (of six) NOT within ``contact_mm`` of the surface;
+* ``stability``    0..1: the probability that the object falls (moves more than 2 cm in the
+  simulator's check), from the friction cones, balance and span of every touching vertex
+  (``dvqvae_model.pipeline.stability``). Also returned: each stability feature as ``f_<name>``.
 
 ``score = w_prior * prior - w_pen * penetration - w_contact * contact - w_closure * closure
-- w_digits * digits - w_no_contact * [no part touching]`` (higher is better). The weights were
-chosen on validation-split objects (not the test split) by the mean Q of the 8 kept of 32 sampled
-grasps, measured with the independent metrics (``dvqvae_training.evaluate.metrics`` / ``physics``). With
-today's model penetration and displacement are anti-correlated among the samples (hands that
-penetrate deeper hold the object better), so the score trades some displacement for much less
-penetration; ``benchmarks/bench_ranking.py`` reports its rank correlations.
+- w_digits * digits - w_stability * stability - w_no_contact * [no part touching]`` (higher is
+better). The first weights were chosen on validation-split objects (not the test split) by the
+mean Q of the 8 kept of 32 sampled grasps, measured with the independent metrics
+(``dvqvae_training.evaluate.metrics`` / ``physics``). With today's model penetration and
+displacement are anti-correlated among the samples (hands that penetrate deeper hold the object
+better, the simulator's depenetration forces squeeze it), so without ``stability`` the score trades
+displacement for penetration. ``stability`` predicts displacement (Spearman +0.44 full, +0.38
+partial on held-out validation objects) but, among these samples, mostly through grasps that
+also penetrate more: on validation objects ``w_stability`` 20 lowers the kept grasps'
+displacement by ~17 % and raises their penetration by ~17 % at the same Q, and lets a hand pushed
+1 cm into a box outrank one touching it. The default 5 keeps penetrating grasps below touching
+ones (``tests/test_ranking.py``): the term can buy at most 5 units of penetration, so it ranks
+similarly shallow grasps by how well they would hold (``benchmarks/study_stability.py``).
+``benchmarks/bench_ranking.py`` reports the rank correlations.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import numpy as np
@@ -42,11 +53,12 @@ import torch
 from torch import Tensor
 
 from dvqvae_model.pipeline.force_closure import simplex_min_norm
+from dvqvae_model.pipeline.stability import StabilityModel, stability_features, stability_term
 
 __all__ = ["CloudSurface", "QualityWeights", "TERM_NAMES", "quality_terms", "combine_terms", "vertex_areas"]
 
 # the per-grasp terms, in the order published on grasps/scores after the total score
-TERM_NAMES: tuple[str, ...] = ("prior", "penetration", "contact", "closure", "digits")
+TERM_NAMES: tuple[str, ...] = ("prior", "penetration", "contact", "closure", "digits", "stability")
 VERTEX_STRIDE = 2  # hand vertices queried by quality_terms: every second one (the cost is the search)
 NUM_PARTS = 6  # thumb, index, middle, ring, pinky, palm (hand_metadata.PART_NAMES)
 
@@ -63,6 +75,10 @@ class QualityWeights:
     no_contact: float = 10.0  # no part touching at all: not a grasp
     contact_mm: float = 5.0  # a part touches when its closest vertex is this close (or inside)
     obj_in_hand_scale: float = 0.5  # cm of object point depth inside the hand -> penetration units
+    # weight of the stability term (the fall probability, stability.py): it can outweigh at most this
+    # much penetration (cm^3-like), so it breaks ties among similarly shallow grasps (module docstring)
+    stability: float = 5.0
+    stability_model: StabilityModel = field(default_factory=StabilityModel)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +119,13 @@ class CloudSurface:
         own = torch.cdist(self.points, self.points).topk(2, dim=2, largest=False).values[..., 1]
         self.spacing = own.median(dim=1).values.unsqueeze(1)  # [B, 1]: per object (a batch mixes objects)
         self.scale = (points.amax(1) - points.amin(1)).norm(dim=1) / 2.0  # [B] object radius
+        # principal axes (rows, largest first) and the cloud's extent along them (stability's span)
+        self.centre = self.points.mean(dim=1)  # [B, 3]
+        rel = self.points - self.centre.unsqueeze(1)
+        _, axes = torch.linalg.eigh(rel.transpose(1, 2) @ rel)
+        self.axes = axes.flip(-1).transpose(1, 2).contiguous()  # [B, 3, 3]
+        proj = rel @ self.axes.transpose(1, 2)
+        self.extent = proj.amax(1) - proj.amin(1)  # [B, 3]
 
     @property
     def num_objects(self) -> int:
@@ -140,13 +163,15 @@ def _per_object(x: Tensor, num_objects: int) -> Tensor:
 
 def quality_terms(surface: CloudSurface, vertices: Tensor, part_ids: Tensor, areas: Tensor,
                   obj_in_hand_cm: Optional[Tensor] = None, weights: Optional[QualityWeights] = None,
-                  vertex_stride: int = VERTEX_STRIDE) -> dict[str, Tensor]:
+                  vertex_stride: int = VERTEX_STRIDE, features: bool = True) -> dict[str, Tensor]:
     """Per-grasp terms ``[B*K]`` (see module docstring) for hands ``vertices [B*K, V, 3]``.
 
     Hands ``b*K .. b*K+K-1`` belong to object ``b`` of ``surface``. Differentiable in the vertices
     (penetration and contact; the closure weights are solved without gradient). Every
     ``vertex_stride``-th vertex is queried (its area scaled up): the nearest-point search is the
-    cost. Extra keys: ``part_distance [B*K, 6]`` (m) and ``depth`` ``[B*K, V']`` (m, >= 0).
+    cost. Extra keys: ``part_distance [B*K, 6]`` (m) and ``depth`` ``[B*K, V']`` (m, >= 0); with
+    ``features`` (off in refinement, whose energy has its own closure term) ``stability`` and the
+    stability features ``f_<name>`` (``stability.FEATURE_NAMES``).
     """
     w = weights or QualityWeights()
     if vertex_stride > 1:
@@ -182,8 +207,17 @@ def quality_terms(surface: CloudSurface, vertices: Tensor, part_ids: Tensor, are
     lam = simplex_min_norm(wrench.detach(), touching)
     net = (lam.unsqueeze(-1) * wrench).sum(1)
     closure = torch.where(touching.sum(1) >= 2, (net * net).sum(1), torch.ones_like(net[:, 0]))
-    return {"penetration": penetration, "contact": contact, "closure": closure, "digits": digits,
-            "part_distance": part_d, "depth": depth}
+    out = {"penetration": penetration, "contact": contact, "closure": closure, "digits": digits,
+           "part_distance": part_d, "depth": depth}
+    if features:
+        per = num_hands // b
+        feats = stability_features(vertices, part_ids, areas, sd, normals,
+                                   surface.centre.repeat_interleave(per, dim=0),
+                                   surface.scale.repeat_interleave(per), surface.axes.repeat_interleave(per, dim=0),
+                                   surface.extent.repeat_interleave(per, dim=0), w.stability_model)
+        out["stability"] = stability_term(feats, w.stability_model)
+        out.update({f"f_{k}": v for k, v in feats.items()})
+    return out
 
 
 def combine_terms(prior: Tensor, terms: dict[str, Tensor], weights: Optional[QualityWeights] = None) -> Tensor:
@@ -191,6 +225,7 @@ def combine_terms(prior: Tensor, terms: dict[str, Tensor], weights: Optional[Qua
     w = weights or QualityWeights()
     return (w.prior * prior - w.penetration * terms["penetration"] - w.contact * terms["contact"]
             - w.closure * terms["closure"] - w.digits * terms["digits"]
+            - w.stability * terms.get("stability", torch.zeros_like(prior))
             - w.no_contact * (terms["digits"] >= NUM_PARTS).to(prior.dtype))
 
 

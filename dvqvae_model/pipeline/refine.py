@@ -73,7 +73,7 @@ def refine_energy(hand: Any, params: Tensor, surface: CloudSurface, init: Tensor
     k, b = params.shape[0], surface.num_objects
     if areas is None:
         areas = vertex_areas(hand.rest().vertices[0], hand.faces)
-    terms = quality_terms(surface, verts, hand.part_ids, areas, None, QualityWeights())
+    terms = quality_terms(surface, verts, hand.part_ids, areas, None, QualityWeights(), features=False)
     per: dict[str, Tensor] = {"penetration": terms["penetration"], "closure": terms["closure"],
                               "closest_part": terms["part_distance"].min(dim=1).values}
     # object points inside the hand (eq. 15): behind the outward normal of their nearest hand vertex
