@@ -8,7 +8,10 @@ two input clouds each: the full surface cloud of the data set and one simulated 
 K = 16 and each generator setting:
 
 * ``raw``             the sampling graph alone: K grasps as the model ranks them;
-* ``rank Cx``         C x K candidates ranked by ``grasp_quality``, the best K kept;
+* ``rank Cx``         C x K candidates ranked by ``grasp_quality``, the best K kept (the node's score,
+                      with its ``stability`` term);
+* ``rank Cx old``     the same without the stability term (the score before it; ``stability`` weight 0);
+* ``rank Cx stab20``  the same with the stability term's weight 20 (what a stronger weight trades);
 * ``rank+refine``     ranked, then refined with the node's refine_steps / refine_time_ms (20 / 60 ms);
 * ``rank+refine 150ms`` ranked, refined with 40 steps / 150 ms;
 * ``rank+refine long`` ranked, refined with a generous budget (what offline use can afford).
@@ -18,7 +21,9 @@ Quality with the independent metrics of ``dvqvae-eval`` (``dvqvae_training.evalu
 displacement (cm), pooled diversity entropy (k-means, k = 20, over all kept grasps of a setting),
 Q = 0.301 pen + 0.699 disp; latency = p50 wall time of one ``generate`` call (after a warm-up).
 Then the rank correlation (Spearman, within each object's candidates, averaged) of the ranking
-score and of each of its terms with penetration and displacement, against the graph's own score.
+score (with and without the stability term), of each of its terms and of each stability feature
+(``f_<name>``, ``dvqvae_model.pipeline.stability``) with penetration and displacement, against the
+graph's own score.
 
 Candidates are evaluated once per cloud: the raw K and the ranked settings are subsets of the same
 seeded candidate set (checked), so only refined grasps need new simulations.
@@ -40,14 +45,18 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 Q_WEIGHTS = (0.301, 0.699)
 
 
-def pick_objects(data: str, split: str, max_objects: int):
-    """Test objects evenly spread over the split (ids are sorted by family)."""
+def pick_objects(data: str, split: str, max_objects: int, ids_file: str = ""):
+    """Test objects evenly spread over the split (ids are sorted by family); with ``ids_file`` only
+    among the ids listed there (a data set that is still growing gives the same selection)."""
     from dvqvae_training.dataset.dataset_format import DatasetReader
     from dvqvae_training.dataset.datasets import mesh_from_source
     from dvqvae_training.evaluate.evaluate import TestObject
 
     reader = DatasetReader(data)
     ids = reader.object_ids(split)
+    if ids_file:
+        present = set(ids)
+        ids = [i for i in Path(ids_file).read_text().split() if i in present]
     if not ids:
         raise SystemExit(f"{data}: split {split!r} has no objects")
     n = min(len(ids), max_objects) if max_objects else len(ids)
@@ -124,7 +133,9 @@ def report(results, corr, settings, args, final: bool) -> None:
     print("|---|---|---|---|")
     corr_out = {}
     for view in ("full", "partial"):
-        terms = sorted({key.split("|")[0] for key in corr[view]}, key=lambda t: (t not in ("score", "graph score"), t))
+        first = ("graph score", "score old", "score")
+        terms = sorted({key.split("|")[0] for key in corr[view]},
+                       key=lambda t: (first.index(t) if t in first else len(first), t.startswith("f_"), t))
         for term in terms:
             a = spearman_within(corr[view].get(f"{term}|pen", []))
             b = spearman_within(corr[view].get(f"{term}|disp", []))
@@ -138,6 +149,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default=str(ROOT / "data" / "grasps"))
     ap.add_argument("--split", default="test")
+    ap.add_argument("--ids-file", default="", help="choose only among the object ids listed in this file")
     ap.add_argument("--max-objects", type=int, default=6)
     ap.add_argument("--grasps", type=int, nargs="+", default=[8, 16])
     ap.add_argument("--oversample", type=int, default=4, help="candidates = this x K")
@@ -152,6 +164,7 @@ def main(argv=None) -> int:
     from dvqvae_model.checkpoint import DEFAULT_MODEL_DIR, resolve_checkpoint
     from dvqvae_model.pipeline.defaults import DEFAULTS
     from dvqvae_model.pipeline.generator import GraspGenerator
+    from dvqvae_model.pipeline.grasp_quality import CloudSurface, QualityWeights, quality_terms
     from dvqvae_model.pipeline.refine import RefineConfig
 
     if args.threads:
@@ -163,12 +176,16 @@ def main(argv=None) -> int:
     gens = {
         "raw": GraspGenerator.from_checkpoint(path, ranking=False, refine=False),
         "rank": GraspGenerator.from_checkpoint(path, ranking=True, refine=False),
+        "rank old": GraspGenerator.from_checkpoint(path, ranking=True, refine=False,
+                                                   quality_weights=QualityWeights(stability=0.0)),
+        "rank stab20": GraspGenerator.from_checkpoint(path, ranking=True, refine=False,
+                                                      quality_weights=QualityWeights(stability=20.0)),
         "rank+refine": GraspGenerator.from_checkpoint(path, ranking=True, refine=True, refine_config=default_refine),
         "rank+refine 150ms": GraspGenerator.from_checkpoint(path, ranking=True, refine=True, refine_config=mid_refine),
         "rank+refine long": GraspGenerator.from_checkpoint(path, ranking=True, refine=True, refine_config=long_refine),
     }
     hand = gens["raw"].hand
-    objects = pick_objects(args.data, args.split, args.max_objects)
+    objects = pick_objects(args.data, args.split, args.max_objects, args.ids_file)
     warm = objects[0].points
     for g in gens.values():
         g.generate(warm, 4, seed=0, candidates=8)
@@ -176,10 +193,13 @@ def main(argv=None) -> int:
           f"each; K = {args.grasps}, candidates = {args.oversample} x K; refine default: {default_refine.steps} steps / "
           f"{1e3 * default_refine.max_time_s:.0f} ms, long: {long_refine.steps} steps / {long_refine.max_time_s:.0f} s; "
           f"penetration pitch {args.pitch_mm} mm; node defaults: candidates {DEFAULTS.candidates}, "
-          f"refine {DEFAULTS.refine}", flush=True)
+          f"refine {DEFAULTS.refine}; stability weight {QualityWeights().stability:g}", flush=True)
 
-    settings = [(k, name) for k in args.grasps for name in ("raw", f"rank {args.oversample}x", "rank+refine",
-                                                             "rank+refine 150ms", "rank+refine long")]
+    ranked = {f"rank {args.oversample}x old": "rank old", f"rank {args.oversample}x": "rank",
+              f"rank {args.oversample}x stab20": "rank stab20"}
+    setting_gens = {"raw": "raw", **ranked, "rank+refine": "rank+refine", "rank+refine 150ms": "rank+refine 150ms",
+                    "rank+refine long": "rank+refine long"}
+    settings = [(k, name) for k in args.grasps for name in setting_gens]
     results = {(view, k, name): {"contact": [], "pen": [], "disp": [], "params": [], "ms": []}
                for view in ("full", "partial") for k, name in settings}
     corr: dict[str, dict[str, list]] = {view: {} for view in ("full", "partial")}
@@ -197,16 +217,22 @@ def main(argv=None) -> int:
                 m_all = ev(allc.vertices)
                 key = lambda p: np.round(p, 5).tobytes()  # noqa: E731 - identify a grasp by its parameters
                 index = {key(p): i for i, p in enumerate(allc.params)}
-                for term in ("score",) + tuple(allc.terms):
-                    vals = allc.scores if term == "score" else allc.terms[term]
-                    sign = -1.0 if term in ("score", "prior") else 1.0  # higher score = better = lower metric
+                # every stability feature of the same candidates against the same cloud
+                prep = gens["rank"]._prepare(cloud, seed)
+                surface = CloudSurface(torch.from_numpy(np.asarray(prep.points + prep.centre, np.float32))[None])
+                with torch.no_grad():
+                    qt = quality_terms(surface, torch.from_numpy(allc.vertices), hand.part_ids,
+                                       gens["rank"]._vertex_areas)
+                feats = {k: v.numpy() for k, v in qt.items() if k.startswith("f_")}
+                old_score = allc.scores + QualityWeights().stability * allc.terms["stability"]
+                named = {"score": allc.scores, "score old": old_score, **allc.terms, **feats}
+                for term, vals in named.items():
+                    sign = -1.0 if term in ("score", "score old", "prior") else 1.0  # higher score = lower metric
                     for metric in ("pen", "disp"):
                         corr[view].setdefault(f"{term}|{metric}", []).append((sign * vals, m_all[metric]))
                 for k in args.grasps:
                     c = args.oversample * k
-                    for name, gen_name in (("raw", "raw"), (f"rank {args.oversample}x", "rank"),
-                                           ("rank+refine", "rank+refine"), ("rank+refine 150ms", "rank+refine 150ms"),
-                                           ("rank+refine long", "rank+refine long")):
+                    for name, gen_name in setting_gens.items():
                         times = []
                         for _ in range(3 if name != "rank+refine long" else 1):
                             t0 = time.perf_counter()

@@ -5,7 +5,7 @@
 
 ``generate`` runs ``GraspGenerator`` in-process and writes ``DIR/grasps.npz`` (``vertices``
 [K,778,3] float32 metres in the object's frame, ``faces``, ``sealed_faces``, ``mano`` [K,61],
-``keypoints`` [K,21,3], ``scores`` [K] and ``score_terms`` [K,5] with ``score_term_names``), one
+``keypoints`` [K,21,3], ``scores`` [K] and ``score_terms`` [K,6] with ``score_term_names``), one
 PLY per grasp, the object cloud, an HTML viewer and a PNG. Its generation settings (candidates,
 ranking, refinement) default to the node's (``dvqvae_model.pipeline.defaults``), so offline and
 online grasps match. ``--verify`` (offline only, needs pybullet) drops the grasps that let the object

@@ -13,9 +13,9 @@ Conventions (documented for consumers):
   the knuckle (MCP) to the tip. Orientations are identity.
 - ``grasps/mano`` (Float32MultiArray): K x 61 row-major; dim 0 "grasp", dim 1
   labelled ``MANO_LAYOUT_LABEL`` = "param:betas[10],global_orient[3],hand_pose[45],transl[3]".
-- ``grasps/scores`` (Float32MultiArray): K x 6 row-major, same order as the poses (best
+- ``grasps/scores`` (Float32MultiArray): K x 7 row-major, same order as the poses (best
   first); dim 0 "grasp", dim 1 labelled ``SCORES_LAYOUT_LABEL`` =
-  "term:score,prior,penetration,contact,closure,digits": the total score (higher is better)
+  "term:score,prior,penetration,contact,closure,digits,stability": the total score (higher is better)
   and what it is made of (``dvqvae_model.pipeline.grasp_quality``; NaN for terms not computed, e.g. on
   the raw path where only the graph's score exists). Published right after ``grasps/mano``
   for the same cloud.
@@ -83,7 +83,7 @@ PARAM_DIM = 61
 GLOBAL_ORIENT = slice(10, 13)
 HAND_POSE = slice(13, 58)
 MANO_LAYOUT_LABEL = "param:betas[10],global_orient[3],hand_pose[45],transl[3]"
-SCORE_COLUMNS = ("score", "prior", "penetration", "contact", "closure", "digits")  # = score + grasp_quality.TERM_NAMES
+SCORE_COLUMNS = ("score", "prior", "penetration", "contact", "closure", "digits", "stability")  # = score + grasp_quality.TERM_NAMES
 SCORES_LAYOUT_LABEL = "term:" + ",".join(SCORE_COLUMNS)
 
 MANO_PARENTS = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14)
@@ -205,7 +205,7 @@ def mano_message(params: Any) -> Float32MultiArray:
 
 
 def scores_message(scores: Any, terms: Optional[Mapping[str, Any]] = None) -> Float32MultiArray:
-    """Float32MultiArray K x 6: each grasp's score and its terms (see ``SCORES_LAYOUT_LABEL``)."""
+    """Float32MultiArray K x 7: each grasp's score and its terms (see ``SCORES_LAYOUT_LABEL``)."""
     s = _np(scores, np.float32).reshape(-1)
     k, width = len(s), len(SCORE_COLUMNS)
     table = np.full((k, width), np.nan, dtype=np.float32)

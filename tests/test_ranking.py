@@ -113,7 +113,8 @@ def test_generator_keeps_the_best_candidates(hand, scene, gen, monkeypatch) -> N
     gs = g.generate(cloud, 4, seed=0)
     pen = penetration(hand, torch.from_numpy(gs.params), box)
     assert len(gs) == 4 and (pen < 0.5).all(), pen
-    assert np.all(np.diff(gs.scores) <= 0) and set(gs.terms) == {"prior", "penetration", "contact", "closure", "digits"}
+    assert np.all(np.diff(gs.scores) <= 0) and set(gs.terms) == {"prior", "penetration", "contact", "closure", "digits",
+                                                                      "stability"}
     raw = GraspGenerator(gen[0], gen[1], hand=hand, num_points=1024, ranking=False)
     assert raw.num_candidates(4, 8) == 4 and g.num_candidates(4) == 8
 
@@ -212,3 +213,44 @@ def test_ranked_batch_equals_per_object_calls(hand, scene, gen) -> None:
         ref = g.generate(c, 3, seed=s)
         np.testing.assert_allclose(got.params, ref.params, atol=1e-4)
         np.testing.assert_allclose(got.scores, ref.scores, atol=1e-3)
+
+
+def test_grid_surface_matches_the_cloud_surface(hand, scene) -> None:
+    """The grid is the cloud surface sampled: near the surface it agrees to a fraction of a millimetre."""
+    _, cloud, normal = scene
+    surface = CloudSurface(torch.from_numpy(cloud))
+    grid = surface.grid(32)
+    with torch.no_grad():
+        v = hand.from_params(curled(hand, normal, [0.0, 0.004, 0.008, -0.004])).vertices.reshape(1, -1, 3)
+    sd, known, n = surface.signed_distance(v)
+    sg, kg, ng = grid.signed_distance(v)
+    near = known & (sd.abs() < 0.01)
+    assert near.sum() > 500
+    assert (sd - sg)[near].abs().median() < 5e-4 and (known == kg).float().mean() > 0.95
+    assert ((n * ng).sum(-1)[near] > 0.9).float().mean() > 0.9  # normals agree
+    far = torch.tensor([[[1.0, 1.0, 1.0]]])
+    s_far, k_far, _ = grid.signed_distance(far)
+    assert not k_far.any() and float(s_far) == pytest.approx(surface.gate)  # beyond the grid: unknown, outside
+    q = v[:, :50].clone().requires_grad_(True)
+    grid.signed_distance(q)[0].sum().backward()
+    assert torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0  # differentiable in the queries
+
+
+def test_grid_refinement_is_checked_on_the_exact_surface(hand, scene) -> None:
+    """With the grid steering, what is returned is judged on the exact cloud surface: never a higher
+    energy or a deeper grasp there than the sample (else the sample itself comes back)."""
+    from dvqvae_model.pipeline.refine import refine_energy
+
+    box, cloud, normal = scene
+    params = curled(hand, normal, [0.008, 0.012, 0.006, 0.01])
+    surface = CloudSurface(torch.from_numpy(cloud))
+    cfg = RefineConfig(steps=15, max_time_s=60.0, grid=32, closure_iters=15, hand_stride=2)
+    refined, info = refine_grasps(hand, params, surface, cfg)
+    with torch.no_grad():
+        before = refine_energy(hand, params, surface, params, cfg)
+        after = refine_energy(hand, refined, surface, params, cfg)
+    torch.testing.assert_close(after["total"], info["energy_after"], rtol=1e-4, atol=1e-5)
+    assert torch.all(after["total"] <= before["total"] + 1e-5)
+    assert torch.all(after["penetration"] <= before["penetration"] + 1e-5)
+    assert not torch.equal(refined, params), "the grid refinement changed nothing"
+    assert np.all(penetration(hand, refined, box) <= penetration(hand, params, box) + 0.05)

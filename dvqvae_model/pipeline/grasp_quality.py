@@ -22,31 +22,44 @@ Terms per grasp (``quality_terms``), all "lower is better" except the prior:
   palm), each part's distance its closest vertex;
 * ``closure``      0..1: force-closure residual of the parts in contact (``force_closure``);
   1 with fewer than two parts in contact (a single contact cannot hold anything);
-* ``digits``       number of parts (of six) NOT within ``contact_mm`` of the surface.
+* ``digits``       number of parts (of six) NOT within ``contact_mm`` of the surface;
+* ``stability``    0..1: the probability that the object falls (moves more than 2 cm in the
+  simulator's check), from the friction cones, balance and span of every touching vertex
+  (``dvqvae_model.pipeline.stability``). Also returned: each stability feature as ``f_<name>``.
 
 ``score = w_prior * prior - w_pen * penetration - w_contact * contact - w_closure * closure
-- w_digits * digits - w_no_contact * [no part touching]`` (higher is better). The weights were
-chosen on validation-split objects (not the test split) by the mean Q of the 8 kept of 32 sampled
-grasps, measured with the independent metrics (``dvqvae_training.evaluate.metrics`` / ``physics``). With
-today's model penetration and displacement are anti-correlated among the samples (hands that
-penetrate deeper hold the object better), so the score trades some displacement for much less
-penetration; ``benchmarks/bench_ranking.py`` reports its rank correlations.
+- w_digits * digits - w_stability * stability - w_no_contact * [no part touching]`` (higher is
+better). The first weights were chosen on validation-split objects (not the test split) by the
+mean Q of the 8 kept of 32 sampled grasps, measured with the independent metrics
+(``dvqvae_training.evaluate.metrics`` / ``physics``). With today's model penetration and
+displacement are anti-correlated among the samples (hands that penetrate deeper hold the object
+better, the simulator's depenetration forces squeeze it), so without ``stability`` the score trades
+displacement for penetration. ``stability`` predicts displacement (Spearman +0.44 full, +0.38
+partial on held-out validation objects) but, among these samples, mostly through grasps that
+also penetrate more: on validation objects ``w_stability`` 20 lowers the kept grasps'
+displacement by ~17 % and raises their penetration by ~17 % at the same Q, and lets a hand pushed
+1 cm into a box outrank one touching it. The default 5 keeps penetrating grasps below touching
+ones (``tests/test_ranking.py``): the term can buy at most 5 units of penetration, so it ranks
+similarly shallow grasps by how well they would hold (``benchmarks/study_stability.py``).
+``benchmarks/bench_ranking.py`` reports the rank correlations.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
 import numpy as np
 import torch
+from scipy.spatial import cKDTree
 from torch import Tensor
 
 from dvqvae_model.pipeline.force_closure import simplex_min_norm
+from dvqvae_model.pipeline.stability import StabilityModel, stability_features, stability_term
 
-__all__ = ["CloudSurface", "QualityWeights", "TERM_NAMES", "quality_terms", "combine_terms", "vertex_areas"]
+__all__ = ["CloudSurface", "GridSurface", "QualityWeights", "TERM_NAMES", "quality_terms", "combine_terms", "vertex_areas"]
 
 # the per-grasp terms, in the order published on grasps/scores after the total score
-TERM_NAMES: tuple[str, ...] = ("prior", "penetration", "contact", "closure", "digits")
+TERM_NAMES: tuple[str, ...] = ("prior", "penetration", "contact", "closure", "digits", "stability")
 VERTEX_STRIDE = 2  # hand vertices queried by quality_terms: every second one (the cost is the search)
 NUM_PARTS = 6  # thumb, index, middle, ring, pinky, palm (hand_metadata.PART_NAMES)
 
@@ -63,6 +76,10 @@ class QualityWeights:
     no_contact: float = 10.0  # no part touching at all: not a grasp
     contact_mm: float = 5.0  # a part touches when its closest vertex is this close (or inside)
     obj_in_hand_scale: float = 0.5  # cm of object point depth inside the hand -> penetration units
+    # weight of the stability term (the fall probability, stability.py): it can outweigh at most this
+    # much penetration (cm^3-like), so it breaks ties among similarly shallow grasps (module docstring)
+    stability: float = 5.0
+    stability_model: StabilityModel = field(default_factory=StabilityModel)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -103,6 +120,13 @@ class CloudSurface:
         own = torch.cdist(self.points, self.points).topk(2, dim=2, largest=False).values[..., 1]
         self.spacing = own.median(dim=1).values.unsqueeze(1)  # [B, 1]: per object (a batch mixes objects)
         self.scale = (points.amax(1) - points.amin(1)).norm(dim=1) / 2.0  # [B] object radius
+        # principal axes (rows, largest first) and the cloud's extent along them (stability's span)
+        self.centre = self.points.mean(dim=1)  # [B, 3]
+        rel = self.points - self.centre.unsqueeze(1)
+        _, axes = torch.linalg.eigh(rel.transpose(1, 2) @ rel)
+        self.axes = axes.flip(-1).transpose(1, 2).contiguous()  # [B, 3, 3]
+        proj = rel @ self.axes.transpose(1, 2)
+        self.extent = proj.amax(1) - proj.amin(1)  # [B, 3]
 
     @property
     def num_objects(self) -> int:
@@ -114,23 +138,97 @@ class CloudSurface:
         ``known`` is False farther than ``gate`` from the cloud (outside by assumption: sd >= 0).
         Differentiable in ``queries`` (the nearest point is chosen without gradient).
         """
-        p = self.points
         with torch.no_grad():
-            psq = (p * p).sum(-1).unsqueeze(1)  # [B, 1, M]
-            d2 = torch.baddbmm(psq, queries.detach(), p.transpose(1, 2), alpha=-2.0)  # |p|^2 - 2 q.p
-            nn_d2, idx = d2.min(dim=2)
-            nn_d2 = (nn_d2 + (queries.detach() ** 2).sum(-1)).clamp(min=0.0)
+            idx, nn_d2 = self._nearest(queries.detach())
+        return self._signed(queries, idx, nn_d2)
+
+    def _nearest(self, queries: Tensor) -> tuple[Tensor, Tensor]:
+        """(index [B, Q] of the nearest kept point, squared distance [B, Q]) by brute force."""
+        p = self.points
+        psq = (p * p).sum(-1).unsqueeze(1)  # [B, 1, M]
+        d2 = torch.baddbmm(psq, queries, p.transpose(1, 2), alpha=-2.0)  # |p|^2 - 2 q.p
+        nn_d2, idx = d2.min(dim=2)
+        return idx, (nn_d2 + (queries ** 2).sum(-1)).clamp(min=0.0)
+
+    def _signed(self, queries: Tensor, idx: Tensor, nn_d2: Tensor,
+                rows: slice = slice(None)) -> tuple[Tensor, Tensor, Tensor]:
+        """``signed_distance`` given each query's nearest point (differentiable in the queries);
+        ``rows``: the objects the queries belong to."""
+        p, normals, spacing = self.points[rows], self.normals[rows], self.spacing[rows]
         g = idx.unsqueeze(-1).expand(-1, -1, 3)
         nn_p = torch.gather(p, 1, g)
-        nn_n = torch.gather(self.normals, 1, g)
+        nn_n = torch.gather(normals, 1, g)
         plane = ((queries - nn_p) * nn_n).sum(-1)
         # outside, the distance is at least the distance to the nearest point less the spacing: a
         # query beside the edge of a partial view is not "on" the plane of its nearest point
         euclid = torch.sqrt(((queries - nn_p) ** 2).sum(-1) + 1e-12)
-        sd = torch.where(plane > 0, torch.maximum(plane, euclid - self.spacing), plane)
+        sd = torch.where(plane > 0, torch.maximum(plane, euclid - spacing), plane)
         known = nn_d2 < self.gate**2
         sd = torch.where(known | (sd > 0), sd, sd.detach() * 0.0 + self.gate)
         return sd, known, nn_n
+
+
+    def grid(self, resolution: int = 32) -> "GridSurface":
+        """This surface's signed distance, known flag and normal sampled on a grid (``GridSurface``)."""
+        return GridSurface(self, resolution)
+
+
+class GridSurface:
+    """A ``CloudSurface`` sampled once on a ``resolution^3`` grid per object, queried by trilinear
+    interpolation (the same ``signed_distance`` interface, differentiable in the queries).
+
+    Why: refinement queries the surface at every step for every hand vertex; a nearest-neighbour
+    search over the cloud per query is most of a step's cost, a grid lookup is nearly free. The
+    grid spans the cloud's box plus ``gate`` and one cell on each side; beyond it queries are
+    unknown and outside (as they are for the cloud). Accuracy is that of the grid (a fraction of a
+    cell near edges of the surface): callers that publish check the result with the exact surface
+    (``GraspGenerator`` re-scores refined grasps with ``CloudSurface``).
+    """
+
+    def __init__(self, surface: CloudSurface, resolution: int = 32) -> None:
+        if resolution < 2:
+            raise ValueError(f"grid resolution must be >= 2, got {resolution}")
+        for name in ("points", "normals", "gate", "spacing", "scale", "centre", "axes", "extent"):
+            setattr(self, name, getattr(surface, name))
+        b = surface.num_objects
+        pad = surface.gate + 0.0
+        lo, hi = surface.points.amin(1) - pad, surface.points.amax(1) + pad  # [B, 3]
+        cell = (hi - lo) / (resolution - 1)
+        self.lo, self.hi = lo - cell, hi + cell
+        t = torch.linspace(0.0, 1.0, resolution, dtype=lo.dtype)
+        # grid_sample's volume is [D, H, W] = [z, y, x]; its sample coordinates are (x, y, z)
+        gz, gy, gx = torch.meshgrid(t, t, t, indexing="ij")
+        unit = torch.stack([gx, gy, gz], -1).reshape(1, -1, 3)
+        queries = self.lo.unsqueeze(1) + unit * (self.hi - self.lo).unsqueeze(1)  # [B, R^3, 3]
+        parts = []
+        with torch.no_grad():  # nearest points by a k-d tree (C speed), then the surface's own rule
+            for b_i in range(b):
+                tree = cKDTree(surface.points[b_i].double().numpy())
+                dist, idx = tree.query(queries[b_i].double().numpy())
+                sd, known, n = surface._signed(queries[b_i:b_i + 1],
+                                               torch.from_numpy(idx.astype(np.int64)).unsqueeze(0),
+                                               torch.from_numpy(dist ** 2).to(queries.dtype).unsqueeze(0),
+                                               slice(b_i, b_i + 1))
+                parts.append(torch.cat([sd.unsqueeze(-1), known.unsqueeze(-1).to(sd.dtype), n], -1))
+        field = torch.cat(parts, 0)  # [B, R^3, 5]
+        self.field = field.transpose(1, 2).reshape(b, 5, resolution, resolution, resolution).contiguous()
+        self.resolution = int(resolution)
+
+    @property
+    def num_objects(self) -> int:
+        return int(self.field.shape[0])
+
+    def signed_distance(self, queries: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(signed distance [B, Q], known [B, Q], normal [B, Q, 3]) by trilinear interpolation."""
+        u = (queries - self.lo.unsqueeze(1)) / (self.hi - self.lo).unsqueeze(1) * 2.0 - 1.0
+        out = torch.nn.functional.grid_sample(self.field, u.unsqueeze(2).unsqueeze(2), mode="bilinear",
+                                              padding_mode="border", align_corners=True)[..., 0, 0]  # [B, 5, Q]
+        inside_box = (u.detach().abs() <= 1.0).all(-1)
+        sd = torch.where(inside_box, out[:, 0], out[:, 0].detach() * 0.0 + self.gate)
+        known = inside_box & (out[:, 1].detach() > 0.5)
+        n = out[:, 2:5].transpose(1, 2)
+        n = n / n.norm(dim=-1, keepdim=True).clamp(min=1e-9)
+        return sd, known, n
 
 
 def _per_object(x: Tensor, num_objects: int) -> Tensor:
@@ -138,15 +236,19 @@ def _per_object(x: Tensor, num_objects: int) -> Tensor:
     return x.reshape(num_objects, -1, x.shape[-1])
 
 
-def quality_terms(surface: CloudSurface, vertices: Tensor, part_ids: Tensor, areas: Tensor,
+def quality_terms(surface: CloudSurface | GridSurface, vertices: Tensor, part_ids: Tensor, areas: Tensor,
                   obj_in_hand_cm: Optional[Tensor] = None, weights: Optional[QualityWeights] = None,
-                  vertex_stride: int = VERTEX_STRIDE) -> dict[str, Tensor]:
+                  vertex_stride: int = VERTEX_STRIDE, features: bool = True,
+                  closure_iters: int = 40) -> dict[str, Tensor]:
     """Per-grasp terms ``[B*K]`` (see module docstring) for hands ``vertices [B*K, V, 3]``.
 
     Hands ``b*K .. b*K+K-1`` belong to object ``b`` of ``surface``. Differentiable in the vertices
     (penetration and contact; the closure weights are solved without gradient). Every
     ``vertex_stride``-th vertex is queried (its area scaled up): the nearest-point search is the
-    cost. Extra keys: ``part_distance [B*K, 6]`` (m) and ``depth`` ``[B*K, V']`` (m, >= 0).
+    cost. Extra keys: ``part_distance [B*K, 6]`` (m) and ``depth`` ``[B*K, V']`` (m, >= 0); with
+    ``features`` (off in refinement, whose energy has its own closure term) ``stability`` and the
+    stability features ``f_<name>`` (``stability.FEATURE_NAMES``). ``closure_iters``: iterations
+    of the closure weights' solver (refinement takes fewer: there the term only steers).
     """
     w = weights or QualityWeights()
     if vertex_stride > 1:
@@ -179,11 +281,20 @@ def quality_terms(surface: CloudSurface, vertices: Tensor, part_ids: Tensor, are
     scale = surface.scale.clamp(min=1e-3).repeat_interleave(num_hands // b).view(-1, 1, 1)
     torque = torch.linalg.cross(x - centre, n, dim=-1) / scale
     wrench = torch.cat([n, torque], dim=-1) * touching.unsqueeze(-1).to(n.dtype)
-    lam = simplex_min_norm(wrench.detach(), touching)
+    lam = simplex_min_norm(wrench.detach(), touching, iters=closure_iters)
     net = (lam.unsqueeze(-1) * wrench).sum(1)
     closure = torch.where(touching.sum(1) >= 2, (net * net).sum(1), torch.ones_like(net[:, 0]))
-    return {"penetration": penetration, "contact": contact, "closure": closure, "digits": digits,
-            "part_distance": part_d, "depth": depth}
+    out = {"penetration": penetration, "contact": contact, "closure": closure, "digits": digits,
+           "part_distance": part_d, "depth": depth}
+    if features:
+        per = num_hands // b
+        feats = stability_features(vertices, part_ids, areas, sd, normals,
+                                   surface.centre.repeat_interleave(per, dim=0),
+                                   surface.scale.repeat_interleave(per), surface.axes.repeat_interleave(per, dim=0),
+                                   surface.extent.repeat_interleave(per, dim=0), w.stability_model)
+        out["stability"] = stability_term(feats, w.stability_model)
+        out.update({f"f_{k}": v for k, v in feats.items()})
+    return out
 
 
 def combine_terms(prior: Tensor, terms: dict[str, Tensor], weights: Optional[QualityWeights] = None) -> Tensor:
@@ -191,6 +302,7 @@ def combine_terms(prior: Tensor, terms: dict[str, Tensor], weights: Optional[Qua
     w = weights or QualityWeights()
     return (w.prior * prior - w.penetration * terms["penetration"] - w.contact * terms["contact"]
             - w.closure * terms["closure"] - w.digits * terms["digits"]
+            - w.stability * terms.get("stability", torch.zeros_like(prior))
             - w.no_contact * (terms["digits"] >= NUM_PARTS).to(prior.dtype))
 
 

@@ -1,0 +1,294 @@
+"""Which stability features predict simulated displacement? Measured on validation-split objects.
+
+    python benchmarks/study_stability.py collect --ids-file val_ids.txt --max-objects 40 --out /tmp/stab
+    python benchmarks/study_stability.py analyse --out /tmp/stab [--fit]
+
+``collect``: for validation-split objects (evenly spread over the listed ids; never the test
+split), the full surface cloud and one simulated depth view each, samples ``--candidates`` grasps
+with the node's ranking generator (seeded) and measures every candidate with the independent
+metrics of ``dvqvae-eval`` (penetration volume on a 1 mm lattice, pybullet displacement,
+contact). One ``.npz`` per object in ``--out`` (a stopped run resumes; the cloud as the generator
+prepared it and the candidates' parameters are stored, so features can be recomputed without
+simulating again).
+
+``analyse``: recomputes the ranking terms and every feature of
+``dvqvae_model.pipeline.stability`` with the current code and prints, per cloud type, the
+Spearman rank correlation of each with penetration and displacement (within each cloud's
+candidates, averaged), and the mean penetration / displacement / Q of the best ``--keep`` of each
+cloud's candidates picked by: the current score, the score with the ``stability`` term of
+``QualityWeights`` (as configured in the code), the true Q (oracle) and at random. ``--fit``
+fits the stability weights (a least-squares line from the features to displacement in cm, so the
+term reads as a predicted displacement) and the term's weight in the score (by the Q of the kept
+grasps), with 2-fold cross-validation over objects to show how well the choice generalises,
+and prints the numbers to paste into ``StabilityWeights`` / ``QualityWeights``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_ranking import Q_WEIGHTS, Evaluator, partial_view  # noqa: E402
+
+
+def _generator():
+    from dvqvae_model.checkpoint import DEFAULT_MODEL_DIR, resolve_checkpoint
+    from dvqvae_model.pipeline.defaults import DEFAULTS
+    from dvqvae_model.pipeline.generator import GraspGenerator
+
+    opts = {**DEFAULTS.generator_options(), "refine": False, "ranking": True}
+    return GraspGenerator.from_checkpoint(resolve_checkpoint("default", default_dir=DEFAULT_MODEL_DIR), **opts)
+
+
+def collect(args) -> None:
+    from dvqvae_training.dataset.dataset_format import DatasetReader
+    from dvqvae_training.dataset.datasets import mesh_from_source
+
+    reader = DatasetReader(args.data)
+    ids = reader.object_ids(args.split)
+    if args.split == "test":
+        raise SystemExit("the study chooses weights: never on the test split")
+    if args.ids_file:
+        listed = [s.strip() for s in Path(args.ids_file).read_text().split() if s.strip()]
+        ids = [i for i in listed if i in set(ids)]
+    n = min(len(ids), args.max_objects) if args.max_objects else len(ids)
+    chosen = [ids[int(i)] for i in np.linspace(0, len(ids) - 1, n).round().astype(int)]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    gen = _generator()
+    t0 = time.time()
+    for oi, oid in enumerate(chosen):
+        path = out / f"{oid}.npz"
+        if path.exists():
+            continue
+        o = reader.object(oid)
+        mesh = mesh_from_source(o["source"])
+        ev = Evaluator(mesh, gen.hand, args.pitch_mm / 1000.0)
+        rec = {}
+        try:
+            seed_base = 7000 + zlib.crc32(oid.encode()) % 100_000  # per object, whatever the selection
+            clouds = {"full": np.asarray(o["points"], np.float32), "partial": partial_view(mesh, seed_base)}
+            for view, cloud in clouds.items():
+                seed = seed_base
+                gs = gen.generate(cloud, args.candidates, seed=seed, candidates=args.candidates)
+                prep = gen._prepare(cloud, seed)
+                m = ev(gs.vertices)
+                rec.update({f"{view}_points": prep.points, f"{view}_centre": np.asarray(prep.centre),
+                            f"{view}_params": gs.params, f"{view}_prior": gs.terms["prior"],
+                            f"{view}_score": gs.scores, f"{view}_pen": m["pen"], f"{view}_disp": m["disp"],
+                            f"{view}_contact": m["contact"]})
+        finally:
+            ev.close()
+        np.savez(path.with_suffix(".tmp.npz"), **rec)
+        path.with_suffix(".tmp.npz").rename(path)
+        print(f"  {oi + 1}/{len(chosen)} {oid} ({time.time() - t0:.0f} s)", flush=True)
+
+
+def load(out: str, gen, variants: list[dict] | None = None) -> dict[str, list[dict]]:
+    """Per cloud type, one dict per cloud: metrics and every term / feature recomputed now."""
+    import torch
+
+    from dvqvae_model.hand.hand_model import SLICE_TRANSL
+    from dvqvae_model.pipeline.grasp_quality import CloudSurface
+
+    from dataclasses import replace
+
+    from dvqvae_model.pipeline.grasp_quality import quality_terms
+    data: dict[str, list[dict]] = {"full": [], "partial": []}
+    for path in sorted(Path(out).glob("*.npz")):
+        if path.name.endswith(".tmp.npz"):
+            continue
+        z = np.load(path)
+        for view in data:
+            pts = torch.from_numpy(z[f"{view}_points"]).float()[None]
+            params = torch.from_numpy(z[f"{view}_params"]).float().clone()
+            params[:, SLICE_TRANSL] -= torch.from_numpy(z[f"{view}_centre"]).float()
+            with torch.no_grad():
+                hand_out = gen.hand.from_params(params)
+                prior = torch.from_numpy(z[f"{view}_prior"]).float()
+                graph = gen._graph_score_of(prior, pts, hand_out)
+                score, terms = gen.score_candidates(pts, CloudSurface(pts), hand_out.vertices, hand_out.keypoints,
+                                                    graph)
+            rec = {"object": path.stem, "view": view, "pen": z[f"{view}_pen"], "disp": z[f"{view}_disp"],
+                   "contact": z[f"{view}_contact"], "score": score.numpy(), "stored_score": z[f"{view}_score"]}
+            rec.update({k: v.numpy() for k, v in terms.items() if v.dim() == 1})
+            for var in variants or []:  # the features with other settings (StabilityWeights fields)
+                qw = replace(gen.quality_weights, stability_model=replace(gen.quality_weights.stability_model, **var))
+                with torch.no_grad():
+                    other = quality_terms(CloudSurface(pts), hand_out.vertices, gen.hand.part_ids, gen._vertex_areas,
+                                          None, qw)
+                tag = ",".join(f"{k}={v:g}" for k, v in var.items())
+                rec.update({f"{k}@{tag}": v.numpy() for k, v in other.items() if k.startswith("f_")})
+            # gravity-aware diagnostic (the simulator pulls along +y; the node does not know gravity):
+            # the best contact's outward normal along +y, i.e. a contact under the object
+            with torch.no_grad():
+                vv = hand_out.vertices[:, ::2]
+                sd, _, nrm = CloudSurface(pts).signed_distance(vv.reshape(1, -1, 3))
+                sd, nrm = sd.reshape(vv.shape[:2]), nrm.reshape(*vv.shape[:2], 3)
+                ny = torch.where(sd < 0.005, nrm[..., 1], torch.full_like(sd, -1.0))
+                rec["g_support"] = ny.max(dim=1).values.numpy()
+            data[view].append(rec)
+    return data
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b)[0])
+
+
+def partial_spearman(a: np.ndarray, b: np.ndarray, control: np.ndarray) -> float:
+    """Spearman of a and b with the control's (rank-linear) part removed from both."""
+    from scipy.stats import rankdata
+
+    if np.std(a) == 0 or np.std(b) == 0:
+        return float("nan")
+    ra, rb, rc = (rankdata(x) for x in (a, b, control))
+    rc = rc - rc.mean()
+    res = [r - r.mean() - rc * ((r - r.mean()) @ rc) / max(rc @ rc, 1e-12) for r in (ra, rb)]
+    den = np.linalg.norm(res[0]) * np.linalg.norm(res[1])
+    return float(res[0] @ res[1] / den) if den > 0 else float("nan")
+
+
+def kept_quality(clouds: list[dict], key, keep: int) -> tuple[float, float, float]:
+    """Mean (penetration, displacement, Q) of the ``keep`` best of each cloud by ``key(cloud)`` (higher = kept)."""
+    pen, disp = [], []
+    for c in clouds:
+        idx = np.argsort(-key(c), kind="stable")[:keep]
+        pen.append(c["pen"][idx])
+        disp.append(c["disp"][idx])
+    p, d = float(np.concatenate(pen).mean()), float(np.concatenate(disp).mean())
+    return p, d, Q_WEIGHTS[0] * p + Q_WEIGHTS[1] * d
+
+
+def fit_fall(clouds: list[dict], names: list[str], threshold_cm: float, c_reg: float = 1.0):
+    """Logistic regression of "the object falls" (displacement > threshold) on standardised features.
+
+    -> (mean, std, coef, intercept) as plain numbers (no pickle: they go into ``StabilityModel``)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([np.stack([c[f"f_{n}"] for n in names], 1) for c in clouds]).astype(np.float64)
+    y = np.concatenate([c["disp"] > threshold_cm for c in clouds])
+    mean, std = x.mean(0), x.std(0) + 1e-9
+    m = LogisticRegression(C=c_reg, max_iter=5000).fit((x - mean) / std, y)
+    return mean, std, m.coef_[0], float(m.intercept_[0])
+
+
+def fall_probability(c: dict, names: list[str], model) -> np.ndarray:
+    mean, std, coef, icpt = model
+    x = (np.stack([c[f"f_{n}"] for n in names], 1) - mean) / std
+    return 1.0 / (1.0 + np.exp(-(x @ coef + icpt)))
+
+
+def analyse(args) -> None:
+    from dvqvae_model.pipeline.stability import FEATURE_NAMES
+
+    gen = _generator()
+    variants = [{k: float(v) for k, v in (kv.split("=") for kv in var.split(","))}
+                for var in args.variants.split(";") if var]
+    data = load(args.out, gen, variants)
+    n_obj = len(data["full"])
+    print(f"{n_obj} objects, {len(data['full'][0]['pen']) if n_obj else 0} candidates per cloud; keep {args.keep}")
+    terms = ["score", "prior", "penetration", "contact", "closure", "digits", "stability"] + \
+        [f"f_{n}" for n in FEATURE_NAMES] + ["g_support"] + \
+        sorted(k for k in (data["full"][0] if n_obj else {}) if "@" in k)
+    print("\nSpearman within each cloud's candidates, averaged (+ = a larger value goes with a larger metric)")
+    print("| term | full: vs pen. | full: vs disp. | partial: vs pen. | partial: vs disp. | full: disp. given pen. "
+          "| partial: disp. given pen. |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for t in terms:
+        cells = []
+        for view in ("full", "partial"):
+            for metric in ("pen", "disp"):
+                vals = [spearman(c[t], c[metric]) for c in data[view]]
+                cells.append(f"{np.nanmean(vals):+.2f}")
+        for view in ("full", "partial"):
+            vals = [partial_spearman(c[t], c["disp"], c["pen"]) for c in data[view]]
+            cells.append(f"{np.nanmean(vals):+.2f}")
+        print(f"| {t} | " + " | ".join(cells) + " |")
+    rng = np.random.default_rng(0)
+    print(f"\nBest {args.keep} per cloud: penetration cm^3 / displacement cm / Q")
+    for view in ("full", "partial"):
+        cl = data[view]
+        rows = {"current score (as stored)": lambda c: c["stored_score"],
+                "score now (QualityWeights in the code)": lambda c: c["score"],
+                "true Q (oracle)": lambda c: -(Q_WEIGHTS[0] * c["pen"] + Q_WEIGHTS[1] * c["disp"]),
+                "random": lambda c: rng.random(len(c["pen"]))}
+        for name, key in rows.items():
+            p, d, q = kept_quality(cl, key, args.keep)
+            print(f"  {view:7s} {name:40s} {p:6.2f} {d:5.2f} {q:5.2f}")
+    if args.fit:
+        fit(data, args)
+
+
+def fit(data: dict[str, list[dict]], args) -> None:
+    """Fit the fall model and the stability weight; 5-fold cross-validation over objects."""
+    names = [n for n in args.features.split(",") if n]
+    objects = sorted({c["object"] for c in data["full"]})
+    fold = {o: i % 5 for i, o in enumerate(objects)}
+    clouds = data["full"] + data["partial"]
+    weights = [0.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0]
+    base_w = float(getattr(_generator().quality_weights, "stability", 0.0))
+    held_out: dict[int, np.ndarray] = {}
+    for k in range(5):
+        model = fit_fall([c for c in clouds if fold[c["object"]] != k], names, args.fall_cm)
+        for c in clouds:
+            if fold[c["object"]] == k:
+                held_out[id(c)] = fall_probability(c, names, model)
+    print(f"\nFall model: P(displacement > {args.fall_cm:g} cm) from {names}; 5-fold cross-validation over objects")
+    for view in ("full", "partial"):
+        sp = np.nanmean([spearman(held_out[id(c)], c["disp"]) for c in data[view]])
+        spp = np.nanmean([spearman(held_out[id(c)], c["pen"]) for c in data[view]])
+        print(f"  {view}: Spearman of the held-out fall probability vs displacement {sp:+.2f}, vs penetration {spp:+.2f}")
+    print(f"  best {args.keep} per cloud by score - w * P(fall) (held-out P; score without a stability term, "
+          f"i.e. the code's score + {base_w:g} * its own stability term): pen. cm^3 / disp. cm / Q")
+    for wt in weights:
+        cells = []
+        for view in ("full", "partial"):
+            p, d, q = kept_quality(data[view], lambda c: c["score"] + base_w * c["stability"] - wt * held_out[id(c)],
+                                   args.keep)
+            cells.append(f"{view} {p:5.2f} / {d:4.2f} / {q:4.2f}")
+        print(f"    w {wt:4g}: " + "   ".join(cells))
+    mean, std, coef, icpt = fit_fall(clouds, names, args.fall_cm)
+    print("  fitted on all validation candidates (paste into StabilityModel):")
+    print(f"    features={tuple(names)!r},\n    mean={tuple(round(float(x), 5) for x in mean)!r},\n"
+          f"    std={tuple(round(float(x), 5) for x in std)!r},\n    coef={tuple(round(float(x), 5) for x in coef)!r},\n"
+          f"    intercept={icpt:.5f}, fall_cm={args.fall_cm:g}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("mode", choices=("collect", "analyse"))
+    ap.add_argument("--data", default=str(ROOT / "data" / "grasps"))
+    ap.add_argument("--split", default="val")
+    ap.add_argument("--ids-file", default="", help="choose among these object ids only (one per line)")
+    ap.add_argument("--max-objects", type=int, default=40)
+    ap.add_argument("--candidates", type=int, default=32)
+    ap.add_argument("--keep", type=int, default=8)
+    ap.add_argument("--pitch-mm", type=float, default=1.0)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--fit", action="store_true")
+    ap.add_argument("--variants", default="", help="feature settings to try too, e.g. 'mu=0.5;max_depth_mm=3'")
+    ap.add_argument("--features", default="cone_eps,balance,span")
+    ap.add_argument("--fall-cm", type=float, default=2.0, help="the fall model's threshold of displacement")
+    args = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)
+    collect(args) if args.mode == "collect" else analyse(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
