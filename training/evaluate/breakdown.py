@@ -2,7 +2,8 @@
 
 Before hours of training, split the gap between the model's grasps and its data into parts that
 point at different fixes. On the grasps of a dataset split (test by default), per object ``G``
-dataset grasps, all in the object's centred frame and measured against the object *mesh*:
+dataset grasps, all in the model's frame (centred, or principal axes: the checkpoint's input_frame) and
+measured against the object *mesh*:
 
 * ``data``            the dataset grasps themselves (the reference).
 * ``reconstruction``  encode the grasp, quantise, decode (what training optimises). High error here
@@ -36,7 +37,8 @@ from dvqvae_model.nets.dvqvae import DVQVAE
 from dvqvae_model.hand.hand_model import SLICE_GLOBAL_ORIENT, SLICE_TRANSL, HandModel, load_hand_model
 from dvqvae_model.nets.losses import POSITION_INDEX, POSTURE_INDEX
 from dvqvae_model.nets.prior import gumbel_noise
-from dvqvae_training.dataset.datasets import translate_hand_params
+from dvqvae_model.canonical_frame import principal_frame
+from dvqvae_model.hand.rigid_motion import WristJoint, transform_hand_params
 from dvqvae_training.evaluate.evaluate import TestObject, objects_from_dataset
 from dvqvae_training.evaluate.metrics import ObjectGeometry, contact_flags, penetration_volumes_cm3
 
@@ -82,8 +84,15 @@ def _object_rows(model: DVQVAE, prior: Any, hand: HandModel, obj: TestObject, cf
     sel = rng.permutation(len(obj.points))[:n] if len(obj.points) >= n else rng.integers(0, len(obj.points), n)
     pts = np.asarray(obj.points, np.float64)[sel]
     centre = pts.mean(0)
-    x = torch.as_tensor(pts - centre, dtype=torch.float32).unsqueeze(0).expand(g, -1, -1).contiguous()
-    gt_c = torch.as_tensor(translate_hand_params(gt, -centre), dtype=torch.float32)
+    # the model's frame: x_model = R (x - centre), R the principal axes or the identity (input_frame)
+    R = principal_frame(pts - centre) if model.cfg.input_frame == "principal" else np.eye(3)
+    wrist = WristJoint(hand)
+
+    def to_model(p: np.ndarray) -> np.ndarray:
+        return transform_hand_params(p, R, -(R @ centre), wrist(p[:, :10]))
+
+    x = torch.as_tensor((pts - centre) @ R.T, dtype=torch.float32).unsqueeze(0).expand(g, -1, -1).contiguous()
+    gt_c = torch.as_tensor(to_model(gt), dtype=torch.float32)
     out = model(x, gt_c, compute_losses=False)
     rec = out.decoding.params
     cont = model.decode(out.z_hand, out.z_t, out.z_p).params
@@ -102,9 +111,8 @@ def _object_rows(model: DVQVAE, prior: Any, hand: HandModel, obj: TestObject, cf
 
     params = {"data": gt_c, "reconstruction": rec, "continuous": cont, "posture_only": posture_only,
               "position_only": position_only, "sampled": sampled}
-    shift = torch.as_tensor(centre, dtype=torch.float32)
     gt_v = hand.from_params(gt_c).vertices
-    all_gt_v = hand.from_params(torch.as_tensor(translate_hand_params(gt_all, -centre), dtype=torch.float32)).vertices
+    all_gt_v = hand.from_params(torch.as_tensor(to_model(gt_all), dtype=torch.float32)).vertices
     geo = ObjectGeometry(obj.mesh)
     rows: dict[str, dict[str, np.ndarray]] = {}
     for mode, p in params.items():
@@ -113,7 +121,7 @@ def _object_rows(model: DVQVAE, prior: Any, hand: HandModel, obj: TestObject, cf
             err = (v[:, None] - all_gt_v[None]).norm(dim=-1).mean(-1).min(dim=1).values
         else:
             err = (v - gt_v).norm(dim=-1).mean(-1)
-        world = (v + shift).numpy()
+        world = v.numpy().astype(np.float64) @ R + centre
         pn = p.numpy().astype(np.float64)
         gn = gt_c.numpy().astype(np.float64)
         rows[mode] = {
