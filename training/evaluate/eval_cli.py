@@ -5,10 +5,12 @@
         --model "DVQ-VAE+refine=out/compact/checkpoint,refine" --model data --out out/eval
     dvqvae-eval --meshes path/to/ho3d_models --model out/compact/checkpoint --num-grasps 100
     dvqvae-eval --breakdown --data data/grasps --model dvqvae_model/assets/default_model --out out/breakdown
+    dvqvae-eval --curves out/compact --out out/compact/curves.png
 
 Prints a Markdown table and writes ``results.json`` / ``results.md`` to ``--out``. ``--breakdown``
 splits one DVQ-VAE checkpoint's error instead (reconstruction vs sampling, posture vs position,
 codebook usage; see ``dvqvae_training.evaluate.breakdown``) into ``breakdown.json`` / ``breakdown.md``.
+``--curves RUN`` plots a training run's curves and codebook usage (``dvqvae_training.evaluate.curves``).
 """
 from __future__ import annotations
 
@@ -33,8 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", help="dataset directory: evaluate on the objects of --split")
     src.add_argument("--meshes", help="folder of object meshes (searched recursively)")
+    src.add_argument("--curves", metavar="RUN", help="a dvqvae-train run directory: plot its training curves and "
+                                                      "codebook usage to --out (a .png path)")
     p.add_argument("--split", default="test")
-    p.add_argument("--model", action="append", required=True, metavar="LABEL=PATH[,refine]",
+    p.add_argument("--model", action="append", default=[], metavar="LABEL=PATH[,refine]",
                    help="checkpoint to evaluate (repeatable); 'data' = the dataset's own grasps")
     p.add_argument("--out", default="out/eval")
     p.add_argument("--hand", default="standin")
@@ -64,6 +68,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
 
         torch.set_num_threads(args.num_threads)
+    if args.curves:
+        return _curves(args)
+    if not args.model:
+        print("dvqvae-eval: error: --model is required (except with --curves)", file=sys.stderr)
+        return 2
     if args.breakdown:
         return _breakdown(args)
     try:
@@ -121,6 +130,23 @@ def _breakdown(args: argparse.Namespace) -> int:
     (out / "breakdown.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "breakdown.md").write_text("# Error breakdown\n\n" + text + "\n")
     print(f"\nwrote {out / 'breakdown.json'} and {out / 'breakdown.md'}")
+    return 0
+
+
+
+def _curves(args: argparse.Namespace) -> int:
+    from dvqvae_training.evaluate.curves import plot_curves
+
+    out = args.out if args.out.endswith(".png") else f"{args.out.rstrip('/')}/curves.png"
+    try:
+        summary = plot_curves(args.curves, out)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"dvqvae-eval: error: {exc}", file=sys.stderr)
+        return 2
+    for stage, s in summary.items():
+        vals = ", ".join(f"{k} {v:.4g}" for k, v in s.items() if k.startswith("val_") and isinstance(v, float))
+        print(f"{stage}: {s['epochs']} epochs, {s['steps']} steps; {vals}")
+    print(f"wrote {out}")
     return 0
 
 
