@@ -72,11 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-clip", type=float, default=None)
     p.add_argument("--no-rotate", action="store_true", help="no SO(3) augmentation")
     p.add_argument("--rotation", choices=ROTATION_REPRS, default=None,
-                   help="DVQ-VAE: how the position decoder regresses the hand's orientation (6d: continuous; "
-                        "default: the config's, see TrainConfig.rotation)")
+                   help="DVQ-VAE: how the position decoder regresses the hand's orientation (default 6d, continuous; "
+                        "axis_angle is the paper's)")
     p.add_argument("--input-frame", choices=INPUT_FRAMES, default=None,
-                   help="the model's input frame: principal rotates each cloud and its grasp into the cloud's "
-                        "principal axes (default: the config's, see TrainConfig.input_frame)")
+                   help="the model's input frame (default principal: each cloud and its grasp rotated into the "
+                        "cloud's principal axes; centred: translated only, the paper's)")
     p.add_argument("--partial-prob", type=float, default=None,
                    help="share of samples seen as one depth view of the object (default 0.3; 0 = full clouds only)")
     p.add_argument("--partial-method", choices=("visibility", "depth_camera", "auto"), default=None,
