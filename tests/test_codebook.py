@@ -126,3 +126,37 @@ def test_dead_code_revival_brings_unused_codes_back() -> None:
     assert int(cb.used_codes()[0]) >= k // 2
     # revived codes live on the data (unit square), not at 100
     assert (cb.weight.detach()[0].abs() < 5).sum() >= k // 2
+
+
+def test_kmeans_init_can_wait_for_enough_rows() -> None:
+    """init_rows: small batches are collected first, so k-means sees enough rows to place every code."""
+    torch.manual_seed(3)
+    centres = torch.randn(16, 4) * 10
+    cb = Codebook(16, 4, kmeans_init=True, init_rows=160, num_books=2)
+    cb.train()
+    for step in range(5):  # 5 batches of 32 rows per book = 160
+        idx = torch.randint(0, 16, (32, 2))
+        z = centres[idx] + 0.01 * torch.randn(32, 2, 4)
+        out = cb(z)
+        assert bool(cb.initialized) == (step == 4)
+    # every centre got a code: a fresh batch covering all centres sits on the codes
+    z = centres.unsqueeze(1).expand(16, 2, 4).contiguous()
+    out = cb(z)
+    assert out.loss.item() < 1e-2 and out.batch_used_codes.tolist() == [16, 16]
+    # k-means on a first batch of 8 rows (fewer than the codes) cannot place a code on every centre
+    torch.manual_seed(3)
+    first = Codebook(16, 4, kmeans_init=True, num_books=2)
+    first.train()
+    first(centres[torch.randint(0, 16, (8, 2))] + 0.01 * torch.randn(8, 2, 4))
+    assert first(z).loss.item() > out.loss.item()
+    with pytest.raises(ValueError, match="init_rows"):
+        Codebook(4, 2, init_rows=-1)
+
+
+def test_dvqvae_passes_the_init_rows_to_its_codebooks(hand) -> None:
+    from dvqvae_model.nets.config import dvqvae_config
+    from dvqvae_model.nets.dvqvae import DVQVAE
+
+    model = DVQVAE(dvqvae_config("compact", num_points=64, kmeans_init_rows=2048), hand)
+    assert model.hand_codebook.init_rows == model.object_codebook.init_rows == 2048
+    assert model.hand_codebook.buffer_size == 2048  # the buffer holds what the initialisation waits for

@@ -16,7 +16,11 @@ over slots (the paper's sum over parts) and averaged over the batch.
 Codebook collapse is the usual failure of VQ training on small data, so the module also tracks usage
 (EMA of the share of assignments per code, batch perplexity, count of live codes) and, in training
 mode, re-initialises codes whose EMA share fell below ``dead_code_threshold / K`` from recent encoder
-outputs. Optional k-means initialisation on the first training batch places codes on the data.
+outputs. Optional k-means initialisation places codes on the data: on the first training batch, or,
+with ``init_rows``, once that many encoder outputs per book have been seen (a batch of 32 grasps gives 32
+rows per book, too few for 128 codes: k-means then leaves most codes on duplicates, the encoder collapses
+onto 2-4 of them and the usage EMA needs ~350 steps to revive the rest; ``dvqvae-eval --curves`` shows it).
+Until then the codes keep their small random start.
 """
 from __future__ import annotations
 
@@ -45,10 +49,14 @@ class Codebook(nn.Module):
 
     def __init__(self, num_codes: int, dim: int, beta: float = 0.25, dead_code_threshold: float = 0.03,
                  kmeans_init: bool = False, num_books: int = 1, ema_decay: float = 0.99,
-                 buffer_size: int = 1024, kmeans_iters: int = 10) -> None:
+                 buffer_size: int = 1024, kmeans_iters: int = 10, init_rows: int = 0) -> None:
         super().__init__()
         if num_codes < 1 or dim < 1 or num_books < 1:
             raise ValueError("num_codes, dim and num_books must be positive")
+        if init_rows < 0:
+            raise ValueError(f"init_rows must be >= 0 (0 = the first batch), got {init_rows}")
+        self.init_rows = int(init_rows)
+        buffer_size = max(int(buffer_size), self.init_rows)
         self.num_codes = int(num_codes)
         self.dim = int(dim)
         self.beta = float(beta)
@@ -181,12 +189,18 @@ class Codebook(nn.Module):
 
     @torch.no_grad()
     def _maybe_initialise(self, z: Tensor) -> None:
-        """k-means (Lloyd) on the first training batch, per book."""
+        """k-means (Lloyd) per book on the first training batch, or on the recent outputs plus this batch
+        once they hold ``init_rows`` rows."""
         if bool(self.initialized):
             return
         b, g, d = z.shape
         data = z.detach().transpose(0, 1).reshape(self.num_books, -1, d) if self.num_books > 1 \
             else z.detach().reshape(1, -1, d)
+        if self.init_rows > 0:
+            seen = min(int(self._recent_count), self.buffer_size)
+            if seen + data.shape[1] < self.init_rows:
+                return  # keep collecting (the forward pushes this batch into the buffer)
+            data = torch.cat([self._recent[:, :seen], data], dim=1)
         for book in range(self.num_books):
             self.weight.data[book] = kmeans(data[book], self.num_codes, self.kmeans_iters)
         self.initialized.fill_(True)

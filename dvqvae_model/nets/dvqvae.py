@@ -83,6 +83,7 @@ class DVQVAEConfig(SerializableConfig):
     beta: float = 0.25
     dead_code_threshold: float = 0.03
     kmeans_init: bool = True
+    kmeans_init_rows: int = 0  # codebooks' k-means waits for this many encoder outputs (0 = first batch; Codebook)
     position_num_vertices: int = 778  # vertices fed to the position PointNet (farthest-point subset)
     # The paper's position decoder sees [sg(z_h) ; z_p] only: the posture at the origin and the object.
     # The hand codes are encoded from the hand *in the object frame*, so they carry its orientation;
@@ -236,9 +237,11 @@ class DVQVAE(nn.Module):
 
         # --- codebooks
         self.object_codebook = Codebook(cfg.object_codebook_size, c_obj, beta=cfg.beta,
-                                        dead_code_threshold=cfg.dead_code_threshold, kmeans_init=cfg.kmeans_init)
+                                        dead_code_threshold=cfg.dead_code_threshold, kmeans_init=cfg.kmeans_init,
+                                        init_rows=cfg.kmeans_init_rows)
         self.hand_codebook = Codebook(cfg.codebook_size, d, beta=cfg.beta, num_books=num_books,
-                                      dead_code_threshold=cfg.dead_code_threshold, kmeans_init=cfg.kmeans_init)
+                                      dead_code_threshold=cfg.dead_code_threshold, kmeans_init=cfg.kmeans_init,
+                                      init_rows=cfg.kmeans_init_rows)
 
         # --- decoders
         codes_dim = NUM_PARTS * d

@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rotation", choices=ROTATION_REPRS, default=None,
                    help="DVQ-VAE: how the position decoder regresses the hand's orientation (default 6d, continuous; "
                         "axis_angle is the paper's)")
+    p.add_argument("--codebook-init-rows", type=int, default=None,
+                   help="DVQ-VAE: k-means-initialise the codebooks once this many encoder outputs per book were "
+                        "seen (default 0 = on the first batch)")
     p.add_argument("--input-frame", choices=INPUT_FRAMES, default=None,
                    help="the model's input frame (default principal: each cloud and its grasp rotated into the "
                         "cloud's principal axes; centred: translated only, the paper's)")
@@ -114,7 +117,8 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PriorTrainConfig]:
                   val_fraction=args.val_fraction, val_max_batches=args.val_max_batches, seed=args.seed,
                   device=args.device, num_threads=args.num_threads, num_workers=args.workers,
                   max_minutes=args.max_minutes, max_steps=args.max_steps, resume=args.resume, progress=progress)
-    for name in ("partial_prob", "partial_method", "depth_noise", "table_cut", "input_frame", "rotation"):
+    for name in ("partial_prob", "partial_method", "depth_noise", "table_cut", "input_frame", "rotation",
+                 "codebook_init_rows"):
         if getattr(args, name) is not None:
             common[name] = getattr(args, name)
     if args.grad_clip is not None:
