@@ -42,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
+from dvqvae_training.evaluate.evaluate import partial_view  # noqa: E402  (one depth view; shared with dvqvae-eval)
+
 Q_WEIGHTS = (0.301, 0.699)
 
 
@@ -66,17 +68,6 @@ def pick_objects(data: str, split: str, max_objects: int, ids_file: str = ""):
         o = reader.object(oid)
         out.append(TestObject(oid, np.asarray(o["points"], np.float32), mesh_from_source(o["source"])))
     return out
-
-
-def partial_view(mesh, seed: int) -> np.ndarray:
-    from dvqvae_model.sim import depth_camera as dc
-
-    rng = np.random.default_rng(seed)
-    for _ in range(10):
-        pts, cam = dc.capture_object_cloud(mesh, rng)
-        if len(pts) >= 200:
-            return dc.transform_points(pts, cam).astype(np.float32)
-    raise RuntimeError("no usable depth view")
 
 
 class Evaluator:

@@ -125,3 +125,28 @@ def test_breakdown_splits_the_error(trained, hand, tmp_path, capsys):
     assert json.loads((out / "breakdown.json").read_text())["num_grasps"] == 2
     assert "| reconstruction |" in capsys.readouterr().out
     assert eval_main(["--breakdown", "--meshes", str(tmp_path), "--model", str(dvq)]) == 2  # needs --data
+
+
+def test_partial_view_inputs_are_one_side_of_the_mesh(trained, tmp_path, capsys):
+    """--partial-view (Table 3): each object is seen as one depth view, the same for every model; the metrics
+    still use the mesh."""
+    from dvqvae_training.evaluate.evaluate import with_partial_views
+
+    root, dvq, _ = trained
+    objects = objects_from_dataset(root, "test")
+    views = with_partial_views(objects, seed=0)
+    again = with_partial_views(objects, seed=0)
+    for o, v, w in zip(objects, views, again):
+        np.testing.assert_array_equal(v.points, w.points)  # seeded: every model gets the same view
+        assert v.mesh is o.mesh and 200 <= len(v.points)
+        # on the surface, and one-sided: the view's points cover much less of the object than its full cloud
+        assert np.abs(o.mesh.nearest.signed_distance(v.points[:200])).max() < 0.01
+        full_dirs = o.points - o.points.mean(0)
+        seen = v.points - o.points.mean(0)
+        assert np.linalg.norm(seen.mean(0)) > 0.2 * np.linalg.norm(full_dirs, axis=1).mean()
+    code = eval_main(["--data", str(root), "--model", f"DVQ={dvq}", "--model", "data", "--num-grasps", "2",
+                      "--pitch-mm", "5", "--no-sim", "--partial-view", "--out", str(tmp_path / "p"), "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "one simulated depth view of each object" in out
+    assert json.loads((tmp_path / "p" / "results.json").read_text())["config"]["partial_view"] is True

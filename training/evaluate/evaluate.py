@@ -62,6 +62,7 @@ class EvalConfig:
     clusters: int = K_CLUSTERS
     num_points: int = 3000  # points sampled from each test mesh (the generator resamples to its own N)
     max_objects: int = 0  # 0 = all
+    partial_view: bool = False  # inputs are one simulated depth view of each mesh (Table 3), not its full surface
     device: str = "cpu"
     vhacd_cache: Optional[str] = None  # convex decompositions cache (default: ~/.cache/dvqvae_ros/vhacd)
     progress: bool = True
@@ -144,6 +145,24 @@ def objects_from_meshes(folder: str | Path, num_points: int = 3000, max_objects:
 
 
 # =============================================================================== evaluation
+
+
+def partial_view(mesh: trimesh.Trimesh, seed: int, min_points: int = 200) -> np.ndarray:
+    """One simulated depth-camera view of ``mesh`` (``dvqvae_model.sim.depth_camera``: a random viewpoint,
+    sensor noise), in the mesh's frame; the first of up to 10 viewpoints with ``min_points`` points."""
+    from dvqvae_model.sim import depth_camera as dc
+
+    rng = np.random.default_rng(seed)
+    for _ in range(10):
+        pts, cam = dc.capture_object_cloud(mesh, rng)
+        if len(pts) >= min_points:
+            return dc.transform_points(pts, cam).astype(np.float32)
+    raise RuntimeError(f"no depth view of the mesh has {min_points} points (10 viewpoints tried)")
+
+
+def with_partial_views(objects: Sequence[TestObject], seed: int = 0) -> list[TestObject]:
+    """The same objects, each seen as one depth view (seeded per object: every model gets the same views)."""
+    return [dataclasses.replace(o, points=partial_view(o.mesh, 1000 * seed + 1000 + i)) for i, o in enumerate(objects)]
 
 
 def _hand_arrays(hand: HandModel) -> tuple[np.ndarray, np.ndarray]:
@@ -278,7 +297,9 @@ def markdown_table(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append(f"{len(report['objects'])} objects, {c['num_grasps']} grasps per object, temperature "
                  f"{c['temperature']}, penetration pitch {c['pitch_mm']} mm, k-means k = {c['clusters']}, "
-                 f"simulation {'on' if c['simulate'] else 'off'}; time = one batch of K grasps for one object.")
+                 f"simulation {'on' if c['simulate'] else 'off'}; "
+                 f"{'one simulated depth view' if c.get('partial_view') else 'the full surface cloud'} of each "
+                 "object as input; time = one batch of K grasps for one object.")
     return "\n".join(lines)
 
 
