@@ -65,6 +65,7 @@ class TrainConfig:
     # DVQ-VAE codebooks' k-means initialisation waits for this many encoder outputs per book (0 = the first
     # batch: 32 rows for 128 codes, which collapses usage for the first ~350 steps; Codebook.init_rows)
     codebook_init_rows: int = 0
+    use_gating: bool = True  # DVQ-VAE skeletal gating (eq. 7-8); False is Table 4's "no gating" ablation
     translate: float = 0.0
     # The node's input is one depth view of the object, so training sees one too, in this share of
     # samples: the stored cloud's points visible from a random camera ("visibility": hidden-point
@@ -152,7 +153,8 @@ CONTACT_TERMS = ("consistency", "contact", "penetration")  # the terms weighted 
 # Values of fields added after version-1 states were first written, for states saved without them
 # (so an old run resumes only with the settings it was actually trained with).
 LEGACY_CONFIG = {"contact_scale": 1.0, "contact_warmup": 0.0, "loss_points": 0, "input_frame": "centred",
-                 "rotation": "axis_angle", "codebook_init_rows": 0}
+                 "rotation": "axis_angle", "codebook_init_rows": 0,
+                 "use_gating": True}
 
 
 def contact_scale_at(cfg: TrainConfig, step: int, total_steps: int) -> float:

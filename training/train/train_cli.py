@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="prior stage: DVQ-VAE checkpoint (default OUT/dvqvae/checkpoint)")
     p.add_argument("--grad-clip", type=float, default=None)
     p.add_argument("--no-rotate", action="store_true", help="no SO(3) augmentation")
+    p.add_argument("--no-gating", action="store_true", help="DVQ-VAE without the skeletal gating (Table 4 ablation)")
     p.add_argument("--rotation", choices=ROTATION_REPRS, default=None,
                    help="DVQ-VAE: how the position decoder regresses the hand's orientation (default 6d, continuous; "
                         "axis_angle is the paper's)")
@@ -113,7 +114,7 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PriorTrainConfig]:
     progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     common = dict(data_dir=args.data, out_dir=args.out, preset=args.preset, variant=args.variant, hand=args.hand,
                   position_sees_codes=args.position_sees_codes,
-                  num_points=args.num_points, rotate=not args.no_rotate, max_displacement_cm=args.max_displacement_cm,
+                  num_points=args.num_points, rotate=not args.no_rotate, use_gating=not args.no_gating, max_displacement_cm=args.max_displacement_cm,
                   val_fraction=args.val_fraction, val_max_batches=args.val_max_batches, seed=args.seed,
                   device=args.device, num_threads=args.num_threads, num_workers=args.workers,
                   max_minutes=args.max_minutes, max_steps=args.max_steps, resume=args.resume, progress=progress)
