@@ -26,7 +26,6 @@ import sys
 from typing import Any, Sequence
 
 import numpy as np
-import rclpy
 import trimesh
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -38,7 +37,7 @@ from dvqvae_model.sim import depth_camera as dc
 from dvqvae_model.sim.tabletop import TabletopCamera, make_tabletop_scene
 from dvqvae_ros.images import camera_info_message, depth_image_message, mask_image_message
 from dvqvae_ros.parameters import FakeCameraParameters, ParameterError, declare_parameters, read_parameters
-from dvqvae_ros.spin import init_with_shutdown_signals, spin_until_shutdown
+from dvqvae_ros.spin import run_node
 from dvqvae_ros.point_cloud import create_cloud_xyz32
 from dvqvae_model.sim.sample_objects import SAMPLE_OBJECTS, load_object, sample_object
 
@@ -171,19 +170,7 @@ class FakeDepthCameraNode(Node):
 
 def main(args: Sequence[str] | None = None) -> int:
     """Console entry point: ``fake_depth_camera --ros-args -p object:=mug``."""
-    signals = init_with_shutdown_signals(list(args) if args is not None else sys.argv)
-    try:
-        node = FakeDepthCameraNode()
-    except ParameterError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
-        rclpy.try_shutdown()
-        signals.ignore_from_now()
-        return 2
-    except KeyboardInterrupt:
-        rclpy.try_shutdown()
-        signals.ignore_from_now()
-        return 0
-    return spin_until_shutdown(node, SingleThreadedExecutor(), signals)
+    return run_node(FakeDepthCameraNode, NODE_NAME, SingleThreadedExecutor, args, startup_errors=(ParameterError,))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol, Sequence
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseArray
 from rcl_interfaces.msg import SetParametersResult
@@ -70,7 +69,7 @@ from dvqvae_ros.parameters import (
 )
 from dvqvae_ros.latest_worker import LatestOnlyWorker
 from dvqvae_ros.point_cloud import read_xyz
-from dvqvae_ros.spin import init_with_shutdown_signals, spin_until_shutdown
+from dvqvae_ros.spin import run_node
 
 __all__ = [
     "DEFAULT_MODEL_DIR",
@@ -626,20 +625,8 @@ def _np(x: Any) -> np.ndarray:
 
 def main(args: Sequence[str] | None = None) -> int:
     """Console entry point: ``grasp_generator --ros-args -p model:=/path/to/ckpt``."""
-    signals = init_with_shutdown_signals(list(args) if args is not None else sys.argv)
-    logger = rclpy.logging.get_logger(NODE_NAME)
-    try:
-        node = GraspGeneratorNode()
-    except (ParameterError, StartupError) as exc:
-        logger.fatal(str(exc))
-        rclpy.try_shutdown()
-        signals.ignore_from_now()
-        return 2
-    except KeyboardInterrupt:  # SIGINT/SIGTERM while loading the model: a normal, quiet exit
-        rclpy.try_shutdown()
-        signals.ignore_from_now()
-        return 0
-    return spin_until_shutdown(node, MultiThreadedExecutor(num_threads=3), signals)
+    return run_node(GraspGeneratorNode, NODE_NAME, lambda: MultiThreadedExecutor(num_threads=3), args,
+                    startup_errors=(ParameterError, StartupError))
 
 
 if __name__ == "__main__":

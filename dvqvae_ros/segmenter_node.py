@@ -25,7 +25,6 @@ from collections import deque
 from typing import Any, Optional, Sequence
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PointStamped
 from rclpy.executors import SingleThreadedExecutor
@@ -39,7 +38,7 @@ from dvqvae_ros.images import depth_from_image, intrinsics_from_camera_info, mas
 from dvqvae_ros.latest_worker import LatestOnlyWorker
 from dvqvae_ros.parameters import ParameterError, SegmenterParameters, declare_parameters, read_parameters
 from dvqvae_ros.point_cloud import create_cloud_xyz32, read_xyz
-from dvqvae_ros.spin import init_with_shutdown_signals, spin_until_shutdown
+from dvqvae_ros.spin import run_node
 
 __all__ = ["ObjectSegmenterNode", "main", "segmenter_config"]
 
@@ -280,19 +279,7 @@ class ObjectSegmenterNode(Node):
 
 def main(args: Sequence[str] | None = None) -> int:
     """Console entry point: ``object_segmenter --ros-args -p input:=depth_image -r depth/image:=/camera/...``."""
-    signals = init_with_shutdown_signals(list(args) if args is not None else sys.argv)
-    try:
-        node = ObjectSegmenterNode()
-    except ParameterError as exc:
-        rclpy.logging.get_logger(NODE_NAME).fatal(str(exc))
-        rclpy.try_shutdown()
-        signals.ignore_from_now()
-        return 2
-    except KeyboardInterrupt:
-        rclpy.try_shutdown()
-        signals.ignore_from_now()
-        return 0
-    return spin_until_shutdown(node, SingleThreadedExecutor(), signals)
+    return run_node(ObjectSegmenterNode, NODE_NAME, SingleThreadedExecutor, args, startup_errors=(ParameterError,))
 
 
 if __name__ == "__main__":

@@ -13,13 +13,13 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import rclpy
 from rclpy.executors import Executor, ExternalShutdownException
 from rclpy.node import Node
 
-__all__ = ["ShutdownSignals", "init_with_shutdown_signals", "spin_until_shutdown"]
+__all__ = ["ShutdownSignals", "init_with_shutdown_signals", "run_node", "spin_until_shutdown"]
 
 DRAIN_S = 2.0  # at most this long to send the answers of calls finished by prepare_shutdown
 
@@ -98,3 +98,28 @@ def spin_until_shutdown(node: Node, executor: Executor, signals: Optional[Shutdo
             if signals is not None:
                 signals.ignore_from_now()
     return 0
+
+
+def run_node(make_node: Callable[[], Node], name: str, make_executor: Callable[[], Executor],
+             args: Optional[Sequence[str]] = None,
+             startup_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """A node's whole ``main()``: init with our signal handling, build the node, spin until shutdown.
+
+    ``startup_errors`` (bad parameters, a missing model) are logged as one fatal line and exit 2; a
+    signal during start-up exits 0 quietly; otherwise the exit code of ``spin_until_shutdown``.
+    """
+    import sys
+
+    signals = init_with_shutdown_signals(list(args) if args is not None else sys.argv)
+    try:
+        node = make_node()
+    except startup_errors as exc:
+        rclpy.logging.get_logger(name).fatal(str(exc))
+        rclpy.try_shutdown()
+        signals.ignore_from_now()
+        return 2
+    except KeyboardInterrupt:  # SIGINT/SIGTERM while starting (e.g. loading a model): a normal, quiet exit
+        rclpy.try_shutdown()
+        signals.ignore_from_now()
+        return 0
+    return spin_until_shutdown(node, make_executor(), signals)
