@@ -162,7 +162,7 @@ def test_the_walk_sees_what_it_checks() -> None:
     """The checker itself: it finds a planted cycle and the known ROS imports of the node."""
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     _, everything = _graph()
-    assert "rclpy" in everything["dvqvae_ros.grasp_node"]
+    assert any(i.split(".")[0] == "rclpy" for i in everything["dvqvae_ros.grasp_node"])
     assert "dvqvae_model.runtime.backends" in everything["dvqvae_model.pipeline.generator"] or \
         "dvqvae_model.runtime" in everything["dvqvae_model.pipeline.generator"]
 
