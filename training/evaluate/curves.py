@@ -9,7 +9,9 @@ Panels, all against grasps seen (steps x batch), so runs with different batch si
 3. codebook entries alive by EMA usage, per codebook (the paper's Fig. 4);
 4. perplexity of the codebook assignments in each training batch, per codebook (how many entries
    the encoder really spreads a batch over; collapse shows as a fall towards 1);
-5. prior: training and validation NLL per epoch against the uniform baseline, when a prior ran.
+5. prior: training and validation NLL per epoch against the uniform baseline, when a prior ran;
+6. code usage by the final encoder (the paper's Fig. 4): each codebook's entries sorted by their
+   share of the prior's cached training tokens (``prior/tokens.safetensors``), and how many are used.
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["read_log", "plot_curves"]
+__all__ = ["read_log", "plot_curves", "token_usage"]
 
 STAGES = ("dvqvae", "cvae", "prior")
+TOKEN_NAMES = ("object", "thumb", "index", "middle", "ring", "pinky", "palm")
 
 
 def read_log(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, Any]]:
@@ -47,6 +50,23 @@ def read_log(path: str | Path) -> tuple[list[dict[str, Any]], list[dict[str, Any
     steps = list({int(r["step"]): r for r in steps}.values())
     epochs = list({int(r["epoch"]): r for r in epochs}.values())
     return sorted(steps, key=lambda r: r["step"]), sorted(epochs, key=lambda r: r["epoch"]), started
+
+
+def token_usage(tokens_path: str | Path) -> dict[str, dict[str, Any]]:
+    """Per split and codebook: entries used, perplexity and sorted shares of the cached tokens ``[N, 7]``."""
+    from safetensors.numpy import load_file
+
+    out: dict[str, dict[str, Any]] = {}
+    for split, tok in load_file(str(tokens_path)).items():
+        books = {}
+        for col in range(tok.shape[1]):
+            name = TOKEN_NAMES[col] if col < len(TOKEN_NAMES) else f"book{col}"
+            counts = np.bincount(tok[:, col].astype(np.int64))
+            share = np.sort(counts[counts > 0])[::-1] / max(1, counts.sum())
+            books[name] = {"used": int((counts > 0).sum()), "perplexity": float(np.exp(-(share * np.log(share)).sum())),
+                           "shares": share}
+        out[split] = {"count": int(tok.shape[0]), "books": books}
+    return out
 
 
 def _running_mean(x: np.ndarray, n: int) -> np.ndarray:
@@ -114,12 +134,23 @@ def plot_curves(run_dir: str | Path, out_png: str | Path, smooth: int = 50) -> d
     for ax in (ax_loss, ax_err, ax_alive, ax_perp):
         if ax.has_data():
             ax.legend(fontsize=8)
-    ax_spare.axis("off")
     if "prior" not in logs:
         ax_prior.axis("off")
-    ax_spare.text(0.0, 1.0, _summary_text(summary), va="top", family="monospace", fontsize=8)
+    tokens = run / "prior" / "tokens.safetensors"
+    if tokens.is_file():
+        usage = token_usage(tokens)
+        summary["token_usage"] = {split: {name: {k: v for k, v in b.items() if k != "shares"}
+                                          for name, b in u["books"].items()} for split, u in usage.items()}
+        for name, b in usage["train"]["books"].items():
+            ax_spare.plot(np.arange(1, len(b["shares"]) + 1), b["shares"], label=f"{name}: {b['used']} used")
+        ax_spare.set(title=f"code usage, {usage['train']['count']} training tokens (Fig. 4)",
+                     xlabel="entry (by share)", ylabel="share", yscale="log")
+        ax_spare.legend(fontsize=8)
+    else:
+        ax_spare.axis("off")
+    fig.text(0.01, 0.01, _summary_text(summary), va="bottom", family="monospace", fontsize=7)
     fig.suptitle(f"training run {run}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
@@ -130,6 +161,8 @@ def plot_curves(run_dir: str | Path, out_png: str | Path, smooth: int = 50) -> d
 def _summary_text(summary: dict[str, Any]) -> str:
     lines = []
     for stage, s in summary.items():
+        if stage not in STAGES:
+            continue
         lines.append(f"{stage}: {s['epochs']} epochs, {s['steps']} steps")
         for key in ("val_loss", "val_vertex_err_mm", "val_nll", "val_accuracy"):
             if key in s:

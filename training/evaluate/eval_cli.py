@@ -149,9 +149,13 @@ def _curves(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"dvqvae-eval: error: {exc}", file=sys.stderr)
         return 2
+    usage = summary.pop("token_usage", None)
     for stage, s in summary.items():
         vals = ", ".join(f"{k} {v:.4g}" for k, v in s.items() if k.startswith("val_") and isinstance(v, float))
         print(f"{stage}: {s['epochs']} epochs, {s['steps']} steps; {vals}")
+    for split, books in (usage or {}).items():  # the final encoder's tokens, as the prior cached them
+        print(f"codebook entries used ({split} tokens): " +
+              ", ".join(f"{name} {b['used']} (perplexity {b['perplexity']:.1f})" for name, b in books.items()))
     print(f"wrote {out}")
     return 0
 
