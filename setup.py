@@ -16,7 +16,7 @@ setup(
         + [p.replace("export", "dvqvae_export", 1) for p in find_packages(include=["export", "export.*"])]
     ),
     package_dir={"dvqvae_training": "training", "dvqvae_export": "export"},
-    package_data={"dvqvae_model": ["assets/*", "assets/default_model/*"], "dvqvae_ros": ["fastdds_profile.xml"]},
+    package_data={"dvqvae_model": ["assets/*", "assets/default_model/*", "assets/default_cvae/*"], "dvqvae_ros": ["fastdds_profile.xml"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

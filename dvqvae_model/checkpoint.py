@@ -68,12 +68,21 @@ ModelBuilder = Callable[[dict, Any], nn.Module]
 
 #: The checkpoint shipped with the package (``model: default``).
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default_model"
+#: Checkpoints shipped with the package, by the name a user passes as ``model``: the DVQ-VAE and the
+#: GraspCVAE baseline trained on the same data with the same CPU budget (the paper's comparison).
+BUNDLED_MODELS: dict[str, Path] = {
+    "default": DEFAULT_MODEL_DIR,
+    "default_cvae": DEFAULT_MODEL_DIR.parent / "default_cvae",
+}
 
 
 def resolve_checkpoint(spec: Union[str, Path], default_dir: Optional[Path] = None) -> Path:
-    """``"default"`` -> the bundled checkpoint, anything else -> that directory; CheckpointError if absent."""
-    if str(spec) == "default":
-        path = Path(default_dir) if default_dir is not None else DEFAULT_MODEL_DIR
+    """A bundled name (``default``, ``default_cvae``) -> its checkpoint, anything else -> that directory;
+    CheckpointError if absent. ``default_dir`` replaces the directory of ``default``."""
+    if str(spec) in BUNDLED_MODELS:
+        path = BUNDLED_MODELS[str(spec)]
+        if str(spec) == "default" and default_dir is not None:
+            path = Path(default_dir)
         if not (path / CONFIG_FILE).is_file():
             raise CheckpointError(f"no bundled checkpoint at {path}")
         return path
@@ -450,9 +459,10 @@ def load_checkpoint(
     """Validate and load a checkpoint; build the model (and prior) from its config.
 
     ``hand`` is a ``HandModel`` (or a spec string for ``load_hand_model``); ``None`` loads the
-    stand-in. Its fingerprint must equal the one the checkpoint was trained with.
+    stand-in. Its fingerprint must equal the one the checkpoint was trained with. ``path`` may be a
+    bundled name (``default``, ``default_cvae``).
     """
-    ckpt = Path(path)
+    ckpt = resolve_checkpoint(path) if str(path) in BUNDLED_MODELS else Path(path)
     if ckpt.is_file() and ckpt.name == CONFIG_FILE:
         ckpt = ckpt.parent
     meta = read_checkpoint_config(ckpt)

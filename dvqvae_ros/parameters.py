@@ -174,8 +174,9 @@ class GraspNodeParameters:
 
     model: str = _param(
         "default",
-        "'default' (the bundled checkpoint in dvqvae_model/assets/default_model/) or a checkpoint directory",
-        _text("'default' or a checkpoint directory"))
+        "'default' (the bundled DVQ-VAE in dvqvae_model/assets/default_model/), 'default_cvae' (the bundled "
+        "GraspCVAE baseline) or a checkpoint directory",
+        _text("'default', 'default_cvae' or a checkpoint directory"))
     hand_model: str = _param(
         "standin", "'standin' (bundled open hand) or a path to MANO_RIGHT.pkl",
         _text("'standin' or a path to MANO_RIGHT.pkl"))

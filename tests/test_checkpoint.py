@@ -213,7 +213,7 @@ def test_old_checkpoints_without_config_digest_load(tmp_path: Path) -> None:
     (path / CONFIG_FILE).write_text(json.dumps(meta))
     assert load_checkpoint(path, hand=HAND_A).kind == "toy_test"
     bundled = json.loads((DEFAULT_MODEL_DIR / CONFIG_FILE).read_text())
-    assert bundled["config_sha256"] and bundled["files"]["model"]["sha256"].startswith("0c70c3a1")  # weights unchanged
+    assert bundled["config_sha256"] and bundled["files"]["model"]["sha256"].startswith("299cfad7")  # the bundled weights (2026-12-06, out/v4)
 
 
 def test_refuses_to_replace_non_checkpoint_dir(tmp_path: Path) -> None:
@@ -242,3 +242,21 @@ def test_failed_write_leaves_no_checkpoint(tmp_path: Path, monkeypatch: pytest.M
         save_checkpoint(tmp_path / "new", model, kind="toy_test", model_config={"width": 16}, hand_fingerprint="x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # old one intact, no temp dirs
     assert (path / MODEL_FILE).read_bytes() == before
+
+
+def test_bundled_models_by_name() -> None:
+    """`model: default` is the DVQ-VAE, `model: default_cvae` the GraspCVAE baseline trained on the same data
+    with the same CPU budget; both load by name everywhere a checkpoint path is taken."""
+    from dvqvae_model.checkpoint import BUNDLED_MODELS, DEFAULT_MODEL_DIR, resolve_checkpoint
+
+    assert resolve_checkpoint("default") == DEFAULT_MODEL_DIR
+    assert resolve_checkpoint("default_cvae") == BUNDLED_MODELS["default_cvae"]
+    dvq, cvae = load_checkpoint("default"), load_checkpoint("default_cvae")
+    assert dvq.config["kind"] == "dvqvae" and dvq.prior is not None
+    assert cvae.config["kind"] == "cvae" and cvae.prior is None
+    # the comparison is like for like: same data, same input frame, same hand
+    same = ("dataset_hand_fingerprint", "num_grasps", "num_objects", "augmentation")
+    assert {k: dvq.config["data_info"][k] for k in same} == {k: cvae.config["data_info"][k] for k in same}
+    assert dvq.model.cfg.input_frame == cvae.model.cfg.input_frame
+    with pytest.raises(CheckpointError, match="is not a directory"):
+        resolve_checkpoint("default_cvea")
