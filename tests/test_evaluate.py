@@ -39,6 +39,16 @@ def test_model_spec_parsing():
     assert ModelSpec.parse("DVQ+r=out/ck,refine") == ModelSpec("DVQ+r", "out/ck", True)
     assert ModelSpec.parse("out/ck") == ModelSpec("ck", "out/ck", False)
     assert ModelSpec.parse("data") == ModelSpec("data", None, False)
+    assert ModelSpec.parse("out/ck,node") == ModelSpec("ck+node", "out/ck", False, True)
+
+
+def test_node_spec_generates_with_the_node_defaults():
+    """`,node` rows measure what the node publishes: its over-sampling and ranking, not raw samples."""
+    from dvqvae_model.pipeline.defaults import DEFAULTS
+
+    opts = ModelSpec.parse("n=out/ck,node").generator_options()
+    assert opts == DEFAULTS.generator_options() and opts["ranking"] and opts["candidates"] > DEFAULTS.num_grasps
+    assert ModelSpec.parse("r=out/ck").generator_options() == {"refine": False}
     with pytest.raises(ValueError):
         ModelSpec.parse("x=")
 
@@ -48,8 +58,10 @@ def test_protocol_on_two_objects(trained, hand, tmp_path):
     objects = objects_from_dataset(root, "test")
     assert len(objects) == 2 and all(o.mesh.is_watertight for o in objects)
     cfg = EvalConfig(num_grasps=4, pitch_mm=5.0, simulate=True, vhacd_cache=str(tmp_path / "vhacd"), progress=False)
-    specs = [ModelSpec("DVQ-VAE", str(dvq)), ModelSpec("GraspCVAE", str(cvae)), ModelSpec.parse("data")]
+    specs = [ModelSpec("DVQ-VAE", str(dvq)), ModelSpec("GraspCVAE", str(cvae)), ModelSpec.parse("data"),
+             ModelSpec.parse(f"node={dvq},node")]
     report = evaluate(specs, objects, cfg, hand=hand)
+    assert [m["node_defaults"] for m in report["models"]] == [False, False, False, True]
 
     for m in report["models"]:
         s = m["summary"]

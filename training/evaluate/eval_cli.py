@@ -3,6 +3,7 @@
     dvqvae-eval --data data/grasps --split test \\
         --model DVQ-VAE=out/compact/checkpoint --model GraspCVAE=out/compact/cvae/checkpoint \\
         --model "DVQ-VAE+refine=out/compact/checkpoint,refine" --model data --out out/eval
+    dvqvae-eval --data data/grasps --split test --model raw=default --model node=default,node
     dvqvae-eval --meshes path/to/ho3d_models --model out/compact/checkpoint --num-grasps 100
     dvqvae-eval --breakdown --data data/grasps --model dvqvae_model/assets/default_model --out out/breakdown
     dvqvae-eval --curves out/compact --out out/compact/curves.png
@@ -39,8 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--curves", metavar="RUN", help="a dvqvae-train run directory: plot its training curves and "
                                                       "codebook usage to --out (a .png path)")
     p.add_argument("--split", default="test")
-    p.add_argument("--model", action="append", default=[], metavar="LABEL=PATH[,refine]",
-                   help="checkpoint to evaluate (repeatable); 'data' = the dataset's own grasps")
+    p.add_argument("--model", action="append", default=[], metavar="LABEL=PATH[,refine|,node]",
+                   help="checkpoint to evaluate (repeatable); 'data' = the dataset's own grasps; ',node' = with the "
+                        "node's default settings (over-sample and rank), ',refine' = raw samples refined")
     p.add_argument("--out", default="out/eval")
     p.add_argument("--hand", default="standin")
     p.add_argument("--num-grasps", type=int, default=None, help="grasps per object (default 100; 5 with --breakdown)")

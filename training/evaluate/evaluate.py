@@ -83,11 +83,16 @@ class TestObject:
 
 @dataclass
 class ModelSpec:
-    """A row of the comparison: ``LABEL=PATH[,refine]``, a bare ``PATH``, or ``data``."""
+    """A row of the comparison: ``LABEL=PATH[,refine|,node]``, a bare ``PATH``, or ``data``.
+
+    ``,refine`` refines the raw samples; ``,node`` generates with the node's default settings
+    (``pipeline.defaults.DEFAULTS``: over-sample, rank, ...), i.e. what a user of the node receives.
+    """
 
     label: str
     path: Optional[str]
     refine: bool = False
+    node: bool = False
 
     @classmethod
     def parse(cls, spec: str) -> "ModelSpec":
@@ -97,14 +102,24 @@ class ModelSpec:
         label, sep, rest = spec.partition("=")
         if not sep:
             label, rest = "", spec
-        refine = False
+        refine = node = False
         if rest.endswith(",refine"):
             rest, refine = rest[: -len(",refine")], True
+        elif rest.endswith(",node"):
+            rest, node = rest[: -len(",node")], True
         if not rest:
             raise ValueError(f"model spec {spec!r} has no path")
         if not label:
-            label = Path(rest).name + ("+refine" if refine else "")
-        return cls(label, rest, refine)
+            label = Path(rest).name + ("+refine" if refine else "+node" if node else "")
+        return cls(label, rest, refine, node)
+
+    def generator_options(self) -> dict[str, Any]:
+        """``GraspGenerator`` options of this row (raw: K samples as the model ranks them)."""
+        if self.node:
+            from dvqvae_model.pipeline.defaults import DEFAULTS
+
+            return DEFAULTS.generator_options()
+        return {"refine": self.refine}
 
 
 # =============================================================================== test objects
@@ -226,7 +241,7 @@ def evaluate(specs: Sequence[ModelSpec], objects: Sequence[TestObject], cfg: Eva
         if spec.path is None:
             gens[spec.label] = None
             continue
-        gen = GraspGenerator.from_checkpoint(spec.path, hand=hand, device=cfg.device, refine=spec.refine)
+        gen = GraspGenerator.from_checkpoint(spec.path, hand=hand, device=cfg.device, **spec.generator_options())
         gen.generate(objects[0].points, 2, seed=0)  # warm-up: graph construction is not generation time
         gens[spec.label] = gen
     per: dict[str, dict[str, Any]] = {s.label: {"rows": [], "params": [], "keypoints": []} for s in specs}
@@ -263,7 +278,7 @@ def evaluate(specs: Sequence[ModelSpec], objects: Sequence[TestObject], cfg: Eva
                         "penetration_cm3": float(r["penetration_cm3"].mean()),
                         **({"displacement_cm": float(r["displacement_cm"].mean())} if "displacement_cm" in r else {}),
                         **({"time_s": r["seconds"]} if math.isfinite(r["seconds"]) else {})} for r in p["rows"]]
-        models.append({"label": spec.label, "path": spec.path, "refine": spec.refine,
+        models.append({"label": spec.label, "path": spec.path, "refine": spec.refine, "node_defaults": spec.node,
                        "summary": _summary(p["rows"], p["params"], p["keypoints"], cfg), "objects": objects_out})
     return {"protocol": "dvqvae-table1", "config": cfg.to_dict(), "hand_fingerprint": hand.fingerprint,
             "objects": [o.name for o in objects], "models": models}
