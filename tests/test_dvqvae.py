@@ -229,6 +229,21 @@ def test_inference_path_matches_training_path(hand: HandModel) -> None:
     assert dec.params.shape == (k, 61) and torch.equal(dec.params, dec2.params)
 
 
+@pytest.mark.parametrize("variant", ["full", "single_codebook"])
+def test_tokens_without_decoding_equal_the_forward_tokens(hand: HandModel, variant: str) -> None:
+    """The prior's token cache uses ``tokens``: it must be exactly what ``forward`` assigns."""
+    model = small_model(hand, variant=variant)
+    obj, prm = synthetic_grasps(hand, 6, 128, seed=5)
+    model.train()
+    model(obj, prm)  # k-means init spreads the codes
+    model.eval()
+    with torch.no_grad():
+        expected = model(obj, prm, compute_losses=False).tokens
+    got = model.tokens(obj, prm)
+    assert got.dtype == torch.long and got.shape == (6, 7) and torch.equal(got, expected)
+    assert len(torch.unique(got[:, 1:])) > 1  # not a degenerate all-equal assignment
+
+
 def test_gradients_reach_all_encoders_codebooks_and_gating(hand: HandModel) -> None:
     model = small_model(hand).train()
     obj, prm = synthetic_grasps(hand, 4, 128, seed=4)

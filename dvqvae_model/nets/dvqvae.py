@@ -299,6 +299,15 @@ class DVQVAE(nn.Module):
         """Nearest object code index ``[B]`` (long): the prior's condition."""
         return self.object_codebook.nearest(z_t.unsqueeze(1))[:, 0]
 
+    @torch.no_grad()
+    def tokens(self, obj_points: Tensor, hand_params: Tensor) -> Tensor:
+        """Tokens ``[B, 1+H]`` (object, then hand) that ``forward`` assigns to GT grasps, without
+        decoding them: what the prior is trained on, at about twice ``forward``'s speed."""
+        gt = self.hand.from_params(hand_params)
+        z_hand = self.encode_hand(gt.vertices - gt.vertices.mean(dim=1, keepdim=True))
+        z_t = self.type_encoder(obj_points * self.cfg.point_scale)
+        return torch.cat([self.object_tokens(z_t).unsqueeze(1), self.hand_codebook.nearest(z_hand)], dim=1)
+
     def hand_codes_from_tokens(self, tokens: Tensor) -> Tensor:
         """Hand tokens ``[B, 6]`` -> codes ``[B, 6, D]`` (slot i reads codebook i, or the shared one)."""
         return self.hand_codebook.lookup(tokens)

@@ -74,7 +74,8 @@ def _usage(tokens: np.ndarray, vocab: int) -> tuple[int, float]:
 
 @torch.no_grad()
 def _object_rows(model: DVQVAE, prior: Any, hand: HandModel, obj: TestObject, cfg: BreakdownConfig,
-                 index: int, sealed: np.ndarray) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray, np.ndarray]:
+                 index: int, sealed: np.ndarray,
+                 wrist: WristJoint) -> tuple[dict[str, dict[str, np.ndarray]], np.ndarray, np.ndarray]:
     """Per-mode arrays for one object, plus (encoder tokens [G, 7], sampled tokens [G, 7])."""
     rng = np.random.default_rng([cfg.seed, index])
     g = min(cfg.grasps_per_object, len(obj.gt_params))
@@ -86,7 +87,6 @@ def _object_rows(model: DVQVAE, prior: Any, hand: HandModel, obj: TestObject, cf
     centre = pts.mean(0)
     # the model's frame: x_model = R (x - centre), R the principal axes or the identity (input_frame)
     R = principal_frame(pts - centre) if model.cfg.input_frame == "principal" else np.eye(3)
-    wrist = WristJoint(hand)
 
     def to_model(p: np.ndarray) -> np.ndarray:
         return transform_hand_params(p, R, -(R @ centre), wrist(p[:, :10]))
@@ -159,8 +159,9 @@ def breakdown(checkpoint: str | Path, data_dir: str | Path, split: str = "test",
     enc_tokens, smp_tokens = [], []
     from tqdm import tqdm
 
+    wrist = WristJoint(hand)  # 11 hand passes: built once, not per object
     for i, obj in enumerate(tqdm(objects, desc="breakdown", disable=not progress)):
-        rows, et, st = _object_rows(model, prior, hand, obj, cfg, i, sealed)
+        rows, et, st = _object_rows(model, prior, hand, obj, cfg, i, sealed, wrist)
         for mode, r in rows.items():
             for k, v in r.items():
                 acc[mode].setdefault(k, []).append(v)

@@ -253,8 +253,7 @@ def encode_tokens(model: DVQVAE, dataset: GraspDataset, views: int, batch_size: 
         batches = [list(range(i, min(i + batch_size, len(dataset)))) for i in range(0, len(dataset), batch_size)]
         loader = DataLoader(dataset, batch_sampler=batches)
         for batch in tqdm(loader, disable=not progress, desc=f"{desc} {v + 1}/{views}", leave=False):
-            res = model(batch["points"].to(device), batch["params"].to(device), compute_losses=False)
-            out.append(res.tokens.cpu())
+            out.append(model.tokens(batch["points"].to(device), batch["params"].to(device)).cpu())
             ids.extend(batch["object_id"])
     tokens = torch.cat(out) if out else torch.zeros(0, 1 + model.num_hand_tokens, dtype=torch.long)
     return tokens.long(), ids
