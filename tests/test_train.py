@@ -25,6 +25,7 @@ from dvqvae_training.train import (
     load_training_state,
     lr_at,
     read_training_state,
+    train_cvae,
     train_dvqvae,
     train_prior,
 )
@@ -264,6 +265,17 @@ def test_state_is_checked_and_never_silently_overwritten(data_root, hand, tmp_pa
     tensors.write_bytes(bytes(raw))
     with pytest.raises(ValueError, match="corrupted"):
         load_training_state(state)
+
+
+def test_cvae_resumes_whatever_the_dvqvae_only_settings_hold(data_root, hand, tmp_path):
+    """A GraspCVAE run records the DVQ-VAE-only fields; a change of their defaults must not block its resume."""
+    train_cvae(cfg(data_root, tmp_path, max_steps=1, rotation="axis_angle", use_gating=False), hand=hand)
+    assert train_cvae(cfg(data_root, tmp_path, epochs=1, rotation="6d", resume=True), hand=hand).finished
+    with pytest.raises(ValueError, match="different settings"):  # what the CVAE does read is still checked
+        train_cvae(cfg(data_root, tmp_path, epochs=1, lr=1e-3, resume=True), hand=hand)
+    train_dvqvae(cfg(data_root, tmp_path, max_steps=1, rotation="axis_angle"), hand=hand)
+    with pytest.raises(ValueError, match="rotation"):  # the DVQ-VAE reads it
+        train_dvqvae(cfg(data_root, tmp_path, epochs=1, rotation="6d", resume=True), hand=hand)
 
 
 def test_all_cli_writes_a_checkpoint_that_generates(data_root, hand, tmp_path):

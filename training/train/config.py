@@ -22,6 +22,10 @@ RUNTIME_FIELDS = frozenset({
     "save_every_steps", "log_every_steps", "val_max_batches", "epochs",
 })
 
+# Fields only the DVQ-VAE reads: a GraspCVAE run resumes whatever they hold (it records them, and
+# their defaults change as the DVQ-VAE recipe improves).
+DVQVAE_ONLY_FIELDS = frozenset({"variant", "position_sees_codes", "rotation", "codebook_init_rows", "use_gating"})
+
 
 # =============================================================================== configuration
 

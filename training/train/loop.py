@@ -20,6 +20,7 @@ from dvqvae_training.dataset.dataset_format import DatasetReader
 from dvqvae_training.dataset.datasets import Augmentation, GraspDataset
 from dvqvae_training.train.config import (
     CONTACT_THRESHOLD_M,
+    DVQVAE_ONLY_FIELDS,
     LEGACY_CONFIG,
     RUNTIME_FIELDS,
     TrainConfig,
@@ -362,7 +363,8 @@ class _Loop:
     def restore(self) -> None:
         """Continue from the saved state (checked against the current config)."""
         tensors, meta = load_training_state(self.state_dir)
-        _check_resumable({**LEGACY_CONFIG, **meta["config"]}, self.cfg.to_dict())
+        _check_resumable({**LEGACY_CONFIG, **meta["config"]}, self.cfg.to_dict(),
+                         ignore=DVQVAE_ONLY_FIELDS if self.stage == "cvae" else frozenset())
         restore_training_state(tensors, meta, self.modules, self.optimizer)
         self.epoch, self.batch_in_epoch, self.step = meta["epoch"], meta["batch_in_epoch"], meta["step"]
         # a finished run resumed with more epochs continues training
@@ -488,8 +490,9 @@ def _epoch_line(rec: dict[str, Any]) -> str:
     return f"[{rec['stage']}] epoch {rec['epoch']} step {rec['step']} lr {rec['lr']:.3g}  {body}"
 
 
-def _check_resumable(saved: dict[str, Any], now: dict[str, Any]) -> None:
-    diff = {k: (saved.get(k), v) for k, v in now.items() if k not in RUNTIME_FIELDS and saved.get(k) != v}
+def _check_resumable(saved: dict[str, Any], now: dict[str, Any], ignore: frozenset[str] = frozenset()) -> None:
+    diff = {k: (saved.get(k), v) for k, v in now.items()
+            if k not in RUNTIME_FIELDS and k not in ignore and saved.get(k) != v}
     if diff:
         lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
         raise ValueError(f"cannot resume: the run was started with different settings ({lines})")
