@@ -172,13 +172,13 @@ def test_ablation_trains_each_row_once_and_tables_them(trained, tmp_path, capsys
     root = trained[0]
     args = ["--data", str(root), "--out", str(tmp_path / "abl"), "--rows", "full,no_gating,single_codebook",
             "--epochs", "1", "--prior-epochs", "1", "--num-grasps", "2", "--pitch-mm", "5", "--no-sim",
-            "--num-points", str(NUM_POINTS), "--batch-size", "3", "--max-objects", "1"]
+            "--num-points", str(NUM_POINTS), "--batch-size", "3", "--max-objects", "1", "--token-views", "1"]
     assert ablation_main(args) == 0
     out = capsys.readouterr().out
     for row in ("full", "no_gating", "single_codebook"):
         assert f"| {row} |" in out
     report = json.loads((tmp_path / "abl" / "results.json").read_text())
-    assert report["ablation"]["rows"]["no_gating"] == {"use_gating": False}
+    assert report["ablation"]["rows"]["no_gating"] == {"use_gating": False} and report["ablation"]["token_views"] == 1
     cfg = json.loads((tmp_path / "abl" / "no_gating" / "checkpoint" / "config.json").read_text())
     assert cfg["model_config"]["use_gating"] is False and cfg["model_config"]["position_sees_codes"] is True
     single = json.loads((tmp_path / "abl" / "single_codebook" / "checkpoint" / "config.json").read_text())

@@ -42,22 +42,22 @@ BASE: dict[str, Any] = dict(position_sees_codes=True, lr=3e-4, contact_scale=0.0
                             num_threads=1, progress=False)
 
 
-def row_configs(row: str, data: str, out: Path, epochs: int, prior_epochs: int,
+def row_configs(row: str, data: str, out: Path, epochs: int, prior_epochs: int, token_views: int = 4,
                 **overrides: Any) -> tuple[TrainConfig, PriorTrainConfig]:
     if row not in ROWS:
         raise ValueError(f"unknown ablation row {row!r}; expected some of {', '.join(ROWS)}")
     common = dict(BASE, data_dir=data, out_dir=str(out / row), resume=True, **overrides)
     return (TrainConfig(**dict(common, epochs=epochs, **ROWS[row])),
-            PriorTrainConfig(**dict(common, epochs=prior_epochs, **ROWS[row])))
+            PriorTrainConfig(**dict(common, epochs=prior_epochs, token_views=token_views, **ROWS[row])))
 
 
 def run(rows: Sequence[str], data: str, out: Path, *, epochs: int, prior_epochs: int, eval_cfg: EvalConfig,
-        split: str = "test", **overrides: Any) -> Optional[dict[str, Any]]:
+        split: str = "test", token_views: int = 4, **overrides: Any) -> Optional[dict[str, Any]]:
     """Train the rows that are not finished, then evaluate the finished ones; the report (None: nothing finished)."""
     hand = load_hand_model("standin")
     specs = []
     for row in rows:
-        cfg, prior_cfg = row_configs(row, data, out, epochs, prior_epochs, **overrides)
+        cfg, prior_cfg = row_configs(row, data, out, epochs, prior_epochs, token_views, **overrides)
         results = train_all(cfg, prior_cfg, hand=hand)
         done = all(r.finished for r in results) and len(results) == 2
         print(f"{row}: {'finished' if done else 'stopped early (rerun to resume)'}", flush=True)
@@ -67,7 +67,7 @@ def run(rows: Sequence[str], data: str, out: Path, *, epochs: int, prior_epochs:
         return None
     report = evaluate(specs, objects_from_dataset(data, split, eval_cfg.max_objects), eval_cfg, hand=hand)
     report["ablation"] = {"rows": {s.label: ROWS[s.label] for s in specs}, "base": BASE, "epochs": epochs,
-                          "prior_epochs": prior_epochs, "overrides": overrides}
+                          "prior_epochs": prior_epochs, "token_views": token_views, "overrides": overrides}
     write_report(report, out)
     return report
 
@@ -79,6 +79,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated, of: {', '.join(ROWS)}")
     ap.add_argument("--epochs", type=int, default=2, help="DVQ-VAE epochs per row (the shared budget)")
     ap.add_argument("--prior-epochs", type=int, default=20)
+    ap.add_argument("--token-views", type=int, default=4, help="augmented passes cached for each row's prior")
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-objects", type=int, default=40)
     ap.add_argument("--num-grasps", type=int, default=5)
@@ -95,7 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         eval_cfg = EvalConfig(num_grasps=args.num_grasps, pitch_mm=args.pitch_mm, simulate=not args.no_sim,
                               max_objects=args.max_objects, progress=False)
         report = run(rows, args.data, Path(args.out), epochs=args.epochs, prior_epochs=args.prior_epochs,
-                     eval_cfg=eval_cfg, split=args.split, num_points=args.num_points, batch_size=args.batch_size)
+                     eval_cfg=eval_cfg, split=args.split, token_views=args.token_views, num_points=args.num_points, batch_size=args.batch_size)
     except (ValueError, FileNotFoundError) as exc:
         print(f"ablation: error: {exc}", file=sys.stderr)
         return 2
