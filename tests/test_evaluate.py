@@ -187,3 +187,25 @@ def test_ablation_trains_each_row_once_and_tables_them(trained, tmp_path, capsys
     assert ablation_main(args) == 0  # finished rows are not trained again
     assert (tmp_path / "abl" / "full" / "checkpoint" / "config.json").stat().st_mtime_ns == mtime
     assert ablation_main(args[:4] + ["--rows", "no_such_row"]) == 2
+    # --eval-only tables the finished rows and trains nothing
+    capsys.readouterr()
+    assert ablation_main(args[:4] + args[6:] + ["--rows", "full,no_dual_stage", "--eval-only"]) == 0
+    out = capsys.readouterr().out
+    assert "| full |" in out and "no_dual_stage: not finished" in out and not (tmp_path / "abl" / "no_dual_stage").exists()
+
+
+def test_ablation_stops_at_a_signal_instead_of_going_on_to_the_next_row(trained, tmp_path, monkeypatch):
+    """A stopped driver (SIGTERM: the training loop saves and returns) must not start the next row."""
+    import dvqvae_training.evaluate.ablation as ablation
+    from dvqvae_training.train import TrainResult
+
+    calls = []
+
+    def stopped(cfg, prior_cfg, hand=None):
+        calls.append(cfg.out_dir)
+        return [TrainResult("dvqvae", False, "signal", 0, 1, None, Path(cfg.out_dir), Path(cfg.out_dir))]
+
+    monkeypatch.setattr(ablation, "train_all", stopped)
+    cfg = EvalConfig(num_grasps=1, simulate=False, progress=False)
+    assert ablation.run(["full", "no_gating"], str(trained[0]), tmp_path, epochs=1, prior_epochs=1, eval_cfg=cfg) is None
+    assert len(calls) == 1

@@ -1,7 +1,7 @@
 """The paper's Table 4 on our data: every DVQ-VAE ablation trained with the same budget, then evaluated.
 
     python -m dvqvae_training.evaluate.ablation --data data/grasps --out out/ablation --epochs 2 \\
-        [--rows full,no_gating] [--max-objects 40 --num-grasps 5]
+        [--rows full,no_gating] [--max-objects 40 --num-grasps 5] [--eval-only]
 
 Each row is ``dvqvae-train all`` (DVQ-VAE + prior) with the base recipe of the bundled model and one
 change, into ``OUT/<row>/``; rows that finished are skipped and a stopped row resumes, so the
@@ -52,13 +52,25 @@ def row_configs(row: str, data: str, out: Path, epochs: int, prior_epochs: int, 
 
 
 def run(rows: Sequence[str], data: str, out: Path, *, epochs: int, prior_epochs: int, eval_cfg: EvalConfig,
-        split: str = "test", token_views: int = 4, **overrides: Any) -> Optional[dict[str, Any]]:
-    """Train the rows that are not finished, then evaluate the finished ones; the report (None: nothing finished)."""
+        split: str = "test", token_views: int = 4, eval_only: bool = False,
+        **overrides: Any) -> Optional[dict[str, Any]]:
+    """Train the rows that are not finished, then evaluate the finished ones; the report (None: nothing
+    finished, or stopped by a signal). ``eval_only``: evaluate the finished rows and train nothing (e.g.
+    while other processes train the remaining rows into the same ``out``: one process per row at a time)."""
     hand = load_hand_model("standin")
     specs = []
     for row in rows:
+        if eval_only:  # table what has finished, train nothing
+            if (out / row / "checkpoint" / "config.json").is_file():
+                specs.append(ModelSpec(row, str(out / row / "checkpoint")))
+            else:
+                print(f"{row}: not finished, left out of the table", flush=True)
+            continue
         cfg, prior_cfg = row_configs(row, data, out, epochs, prior_epochs, token_views, **overrides)
         results = train_all(cfg, prior_cfg, hand=hand)
+        if any(r.stop_reason == "signal" for r in results):  # the user stopped the driver, not just this row
+            print(f"{row}: stopped by a signal; rerun to resume", flush=True)
+            return None
         done = all(r.finished for r in results) and len(results) == 2
         print(f"{row}: {'finished' if done else 'stopped early (rerun to resume)'}", flush=True)
         if done:
@@ -80,6 +92,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--epochs", type=int, default=2, help="DVQ-VAE epochs per row (the shared budget)")
     ap.add_argument("--prior-epochs", type=int, default=20)
     ap.add_argument("--token-views", type=int, default=4, help="augmented passes cached for each row's prior")
+    ap.add_argument("--eval-only", action="store_true", help="table the finished rows, train nothing")
     ap.add_argument("--split", default="test")
     ap.add_argument("--max-objects", type=int, default=40)
     ap.add_argument("--num-grasps", type=int, default=5)
@@ -96,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         eval_cfg = EvalConfig(num_grasps=args.num_grasps, pitch_mm=args.pitch_mm, simulate=not args.no_sim,
                               max_objects=args.max_objects, progress=False)
         report = run(rows, args.data, Path(args.out), epochs=args.epochs, prior_epochs=args.prior_epochs,
-                     eval_cfg=eval_cfg, split=args.split, token_views=args.token_views, num_points=args.num_points, batch_size=args.batch_size)
+                     eval_cfg=eval_cfg, split=args.split, token_views=args.token_views, eval_only=args.eval_only, num_points=args.num_points, batch_size=args.batch_size)
     except (ValueError, FileNotFoundError) as exc:
         print(f"ablation: error: {exc}", file=sys.stderr)
         return 2
