@@ -114,6 +114,8 @@ def test_default_training_set(tmp_path):
     manifest, a = compact.read_compact(DEFAULT)
     assert manifest["num_grasps"] >= 45_000
     assert manifest["num_objects_with_grasps"] >= 1_900
+    assert manifest["num_objects_with_grasps"] == manifest["num_objects"]  # no object is left without grasps
+    assert manifest["num_grasps"] == sum(s["grasps"] for s in manifest["splits"].values())
     assert len(set(a["object_id"].tolist())) == len(a["object_id"])  # an object has one split only
     assert set(a["object_split"].tolist()) == {"train", "val", "test", "test_mesh"}
     ids, splits = a["object_id"].tolist(), a["object_split"].tolist()
