@@ -109,12 +109,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         eval_cfg = EvalConfig(num_grasps=args.num_grasps, pitch_mm=args.pitch_mm, simulate=not args.no_sim,
                               max_objects=args.max_objects, progress=False)
         report = run(rows, args.data, Path(args.out), epochs=args.epochs, prior_epochs=args.prior_epochs,
-                     eval_cfg=eval_cfg, split=args.split, token_views=args.token_views, eval_only=args.eval_only, num_points=args.num_points, batch_size=args.batch_size)
+                     eval_cfg=eval_cfg, split=args.split, token_views=args.token_views, eval_only=args.eval_only,
+                     num_points=args.num_points, batch_size=args.batch_size)
     except (ValueError, FileNotFoundError) as exc:
         print(f"ablation: error: {exc}", file=sys.stderr)
         return 2
     if report is None:
-        print("no row finished yet: rerun to resume")
+        print("stopped, or no row finished yet: rerun to resume")
         return 75
     print(markdown_table(report))
     print(f"\nwrote {Path(args.out) / 'results.md'}")
