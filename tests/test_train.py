@@ -278,6 +278,17 @@ def test_cvae_resumes_whatever_the_dvqvae_only_settings_hold(data_root, hand, tm
         train_dvqvae(cfg(data_root, tmp_path, epochs=1, rotation="6d", resume=True), hand=hand)
 
 
+def test_hand_frame_reaches_the_model_and_its_run_resumes_only_with_it(data_root, hand, tmp_path):
+    from dvqvae_training.train.train_cli import build_parser, configs
+
+    main_cfg, _ = configs(build_parser().parse_args(["dvqvae", "--data", str(data_root), "--hand-frame", "object"]))
+    assert main_cfg.hand_frame == "object"
+    res = train_dvqvae(cfg(data_root, tmp_path, max_steps=1, hand_frame="object"), hand=hand)
+    assert read_training_state(res.state_dir)["model_config"]["hand_frame"] == "object"
+    with pytest.raises(ValueError, match="hand_frame"):
+        train_dvqvae(cfg(data_root, tmp_path, epochs=1, resume=True), hand=hand)
+
+
 def test_all_cli_writes_a_checkpoint_that_generates(data_root, hand, tmp_path):
     out = tmp_path / "run"
     args = ["all", "--data", str(data_root), "--out", str(out), "--epochs", "1", "--batch-size", "4",

@@ -2,7 +2,7 @@
 
 Training path (``forward``)::
 
-    GT params -> hand layer -> vertices, mean-centred -> 6 part PointNets (one grouped net) -> z_f [B,6,D]
+    GT params -> hand layer -> vertices, mean-centred (hand_frame) -> 6 part PointNets (one grouped net) -> z_f [B,6,D]
     object points -> type PointNet -> z_t ; pose PointNet -> z_p
     z_f -> 6 hand codebooks ; z_t -> object codebook (its token is the prior's condition)
     decode(quantised z_f, continuous z_t, z_p)
@@ -56,6 +56,10 @@ POSTURE_DIM = 55  # 10 betas + 45 pose
 POSITION_DIM = 6  # 3 global orient (axis-angle) + 3 transl; 9 with the 6-D rotation (DVQVAEConfig.rotation)
 
 
+#: What the hand encoders see (DVQVAEConfig.hand_frame).
+HAND_FRAMES = ("centred", "object")
+
+
 def _tuple(x: Sequence[int]) -> tuple[int, ...]:
     return tuple(int(v) for v in x)
 
@@ -100,6 +104,11 @@ class DVQVAEConfig(SerializableConfig):
     # parameters) or "6d" (continuous, nets.rotations; converted to axis-angle for the published parameters,
     # and the position loss compares rotation matrices).
     rotation: str = "axis_angle"
+    # What the hand encoders see: "centred" (the paper's: mean-centred vertices, so the codes hold the
+    # posture and orientation but not *where* the hand is; the position decoder must infer the
+    # translation from the object and posture, and regresses to the mean where several places fit) or
+    # "object" (the vertices in the object frame, so the codes also carry the hand's place).
+    hand_frame: str = "centred"
     loss_weights: LossWeights = field(default_factory=LossWeights)
 
     def __post_init__(self) -> None:
@@ -113,6 +122,8 @@ class DVQVAEConfig(SerializableConfig):
         if self.norm not in ("batch", "none"):
             raise ValueError(f"unknown norm {self.norm!r}")
         check_input_frame(self.input_frame)
+        if self.hand_frame not in HAND_FRAMES:
+            raise ValueError(f"unknown hand_frame {self.hand_frame!r}; expected one of {HAND_FRAMES}")
         rotation_dim(self.rotation)
 
     @property
@@ -286,8 +297,14 @@ class DVQVAE(nn.Module):
         z_p = z_t if self.pose_encoder is None else self.pose_encoder(pts)
         return z_t, z_p
 
+    def hand_input(self, vertices: Tensor) -> Tensor:
+        """GT hand vertices in the object frame -> what the hand encoders see (``cfg.hand_frame``)."""
+        if self.cfg.hand_frame == "object":
+            return vertices
+        return vertices - vertices.mean(dim=1, keepdim=True)
+
     def encode_hand(self, centred_vertices: Tensor) -> Tensor:
-        """Mean-centred hand vertices ``[B, 778, 3]`` -> continuous hand latents ``[B, 6, D]``."""
+        """Hand vertices ``[B, 778, 3]`` as ``hand_input`` gives them -> continuous hand latents ``[B, 6, D]``."""
         centred_vertices = centred_vertices * self.cfg.point_scale
         if self.cfg.variant == "single_codebook":
             feat = self.hand_pointnet(centred_vertices).unsqueeze(1)  # [B, 1, C]
@@ -304,7 +321,7 @@ class DVQVAE(nn.Module):
         """Tokens ``[B, 1+H]`` (object, then hand) that ``forward`` assigns to GT grasps, without
         decoding them: what the prior is trained on, at about twice ``forward``'s speed."""
         gt = self.hand.from_params(hand_params)
-        z_hand = self.encode_hand(gt.vertices - gt.vertices.mean(dim=1, keepdim=True))
+        z_hand = self.encode_hand(self.hand_input(gt.vertices))
         z_t = self.type_encoder(obj_points * self.cfg.point_scale)
         return torch.cat([self.object_tokens(z_t).unsqueeze(1), self.hand_codebook.nearest(z_hand)], dim=1)
 
@@ -381,8 +398,7 @@ class DVQVAE(nn.Module):
 
         ``loss_points``: contact terms on that many object points only (see ``losses.grasp_losses``)."""
         gt = self.hand.from_params(hand_params)
-        centred = gt.vertices - gt.vertices.mean(dim=1, keepdim=True)
-        z_hand = self.encode_hand(centred)
+        z_hand = self.encode_hand(self.hand_input(gt.vertices))
         z_t, z_p = self.encode_object(obj_points)
         hq = self.hand_codebook(z_hand)
         oq = self.object_codebook(z_t.unsqueeze(1))

@@ -35,6 +35,8 @@ ROWS: dict[str, dict[str, Any]] = {
     "reverse_order": {"variant": "reverse_order"},
     "no_gating": {"use_gating": False},
     "no_position_codes": {"position_sees_codes": False},
+    # not the paper's: the hand encoders see the hand in the object frame, so the codes carry its place
+    "hand_in_object_frame": {"hand_frame": "object"},
 }
 
 #: The bundled model's recipe (README), shortened by --epochs.

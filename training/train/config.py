@@ -24,7 +24,8 @@ RUNTIME_FIELDS = frozenset({
 
 # Fields only the DVQ-VAE reads: a GraspCVAE run resumes whatever they hold (it records them, and
 # their defaults change as the DVQ-VAE recipe improves).
-DVQVAE_ONLY_FIELDS = frozenset({"variant", "position_sees_codes", "rotation", "codebook_init_rows", "use_gating"})
+DVQVAE_ONLY_FIELDS = frozenset({"variant", "position_sees_codes", "rotation", "codebook_init_rows", "use_gating",
+                                "hand_frame"})
 
 
 # =============================================================================== configuration
@@ -69,6 +70,8 @@ class TrainConfig:
     # DVQ-VAE codebooks' k-means initialisation waits for this many encoder outputs per book (0 = the first
     # batch: 32 rows for 128 codes, which collapses usage for the first ~350 steps; Codebook.init_rows)
     codebook_init_rows: int = 0
+    # DVQ-VAE hand encoders' input (DVQVAEConfig.hand_frame): "object" lets the codes carry where the hand is
+    hand_frame: str = "centred"
     use_gating: bool = True  # DVQ-VAE skeletal gating (eq. 7-8); False is Table 4's "no gating" ablation
     translate: float = 0.0
     # The node's input is one depth view of the object, so training sees one too, in this share of
@@ -158,7 +161,7 @@ CONTACT_TERMS = ("consistency", "contact", "penetration")  # the terms weighted 
 # (so an old run resumes only with the settings it was actually trained with).
 LEGACY_CONFIG = {"contact_scale": 1.0, "contact_warmup": 0.0, "loss_points": 0, "input_frame": "centred",
                  "rotation": "axis_angle", "codebook_init_rows": 0,
-                 "use_gating": True}
+                 "use_gating": True, "hand_frame": "centred"}
 
 
 def contact_scale_at(cfg: TrainConfig, step: int, total_steps: int) -> float:

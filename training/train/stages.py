@@ -139,6 +139,7 @@ def _train_grasp_model(stage: str, cfg: TrainConfig, *, hand: Optional[HandModel
             dvqvae_config(cfg.preset, variant=cfg.variant, position_sees_codes=cfg.position_sees_codes,
                           input_frame=cfg.input_frame, rotation=cfg.rotation,
                           kmeans_init_rows=cfg.codebook_init_rows, use_gating=cfg.use_gating,
+                          hand_frame=cfg.hand_frame,
                           **({"num_points": cfg.num_points} if cfg.num_points else {}))
         model: nn.Module = DVQVAE(model_cfg, hand)
     else:

@@ -23,7 +23,7 @@ import time
 from typing import Optional, Sequence
 
 from dvqvae_model.nets.config import DEFAULT_PRESET, PRESETS
-from dvqvae_model.nets.dvqvae import VARIANTS
+from dvqvae_model.nets.dvqvae import HAND_FRAMES, VARIANTS
 from dvqvae_model.canonical_frame import INPUT_FRAMES
 from dvqvae_model.nets.rotations import ROTATION_REPRS
 from dvqvae_training.train import (
@@ -78,6 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--codebook-init-rows", type=int, default=None,
                    help="DVQ-VAE: k-means-initialise the codebooks once this many encoder outputs per book were "
                         "seen (default 0 = on the first batch)")
+    p.add_argument("--hand-frame", choices=HAND_FRAMES, default=None,
+                   help="DVQ-VAE: what the hand encoders see (default centred, the paper's: the codes hold posture "
+                        "and orientation; object: the hand in the object frame, so the codes hold its place too)")
     p.add_argument("--input-frame", choices=INPUT_FRAMES, default=None,
                    help="the model's input frame (default principal: each cloud and its grasp rotated into the "
                         "cloud's principal axes; centred: translated only, the paper's)")
@@ -119,7 +122,7 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PriorTrainConfig]:
                   device=args.device, num_threads=args.num_threads, num_workers=args.workers,
                   max_minutes=args.max_minutes, max_steps=args.max_steps, resume=args.resume, progress=progress)
     for name in ("partial_prob", "partial_method", "depth_noise", "table_cut", "input_frame", "rotation",
-                 "codebook_init_rows"):
+                 "codebook_init_rows", "hand_frame"):
         if getattr(args, name) is not None:
             common[name] = getattr(args, name)
     if args.grad_clip is not None:
