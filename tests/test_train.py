@@ -355,3 +355,23 @@ def test_curves_plot_a_finished_run(data_root, tmp_path, capsys):
     assert len(epochs) == 2 and started["stage"] == "dvqvae" and steps[-1]["step"] == epochs[-1]["step"]
     assert eval_main(["--curves", str(tmp_path / "nothing"), "--out", str(png)]) == 2
     assert "no stage logs" in capsys.readouterr().err
+
+
+def test_resume_follows_the_datas_content_not_its_path(hand, tmp_path):
+    """A copy of the data elsewhere resumes the run; different data at the same path is refused."""
+    import shutil
+
+    first = write_toy_dataset(tmp_path / "data", hand)
+    copy = tmp_path / "copy"
+    shutil.copytree(first, copy)
+    run = tmp_path / "run"
+    train_dvqvae(cfg(first, run, max_steps=1), hand=hand)
+    assert train_dvqvae(cfg(copy, run, epochs=1, resume=True), hand=hand).finished
+
+    other = tmp_path / "other"
+    write_toy_dataset(other, hand)
+    train_dvqvae(cfg(other, tmp_path / "run2", max_steps=1), hand=hand)
+    shutil.rmtree(other)
+    write_toy_dataset(other, hand, seed=1)  # the same path, other grasps
+    with pytest.raises(ValueError, match="fingerprint"):
+        train_dvqvae(cfg(other, tmp_path / "run2", epochs=1, resume=True), hand=hand)

@@ -499,6 +499,14 @@ class DatasetReader:
         return self.manifest["shards"]
 
     @property
+    def fingerprint(self) -> str:
+        """Identity of the content (shards in order, their hashes, each object's split): equal for any
+        copy of the same data wherever it lies, different once a shard is added or rewritten."""
+        content = {"shards": [[s["file"], s["sha256"]] for s in self.shards],
+                   "splits": sorted((oid, info["split"]) for oid, info in self.manifest["objects"].items())}
+        return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
     def grasp_types(self) -> list[str]:
         return list(self.manifest["grasp_types"])
 

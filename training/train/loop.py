@@ -157,6 +157,7 @@ def open_splits(cfg: TrainConfig, hand: HandModel, num_points: int, val_augment:
     manifest = reader.manifest
     info = {
         "dataset": str(Path(cfg.data_dir).resolve()),
+        "fingerprint": reader.fingerprint,
         "generator_version": manifest.get("generator_version"),
         "dataset_hand_fingerprint": manifest.get("hand_fingerprint"),
         "num_objects": {s: reader.num_objects(s) for s in ("train", "val", "test")},
@@ -363,8 +364,9 @@ class _Loop:
     def restore(self) -> None:
         """Continue from the saved state (checked against the current config)."""
         tensors, meta = load_training_state(self.state_dir)
+        ignore = DVQVAE_ONLY_FIELDS if self.stage == "cvae" else frozenset()
         _check_resumable({**LEGACY_CONFIG, **meta["config"]}, self.cfg.to_dict(),
-                         ignore=DVQVAE_ONLY_FIELDS if self.stage == "cvae" else frozenset())
+                         ignore=ignore | _same_data(meta.get("data_info"), self.describe.get("data_info")))
         restore_training_state(tensors, meta, self.modules, self.optimizer)
         self.epoch, self.batch_in_epoch, self.step = meta["epoch"], meta["batch_in_epoch"], meta["step"]
         # a finished run resumed with more epochs continues training
@@ -496,6 +498,20 @@ def _check_resumable(saved: dict[str, Any], now: dict[str, Any], ignore: frozens
     if diff:
         lines = ", ".join(f"{k}: saved {a!r} vs now {b!r}" for k, (a, b) in sorted(diff.items()))
         raise ValueError(f"cannot resume: the run was started with different settings ({lines})")
+
+
+def _same_data(saved: Optional[dict[str, Any]], now: Optional[dict[str, Any]]) -> frozenset[str]:
+    """``{"data_dir"}`` when both runs know their data's content fingerprint and it matches (a copy of
+    the data elsewhere resumes); raises when it differs, even at the same path (the data changed under
+    the run). States written before fingerprints compare the path only."""
+    before, after = (saved or {}).get("fingerprint"), (now or {}).get("fingerprint")
+    if not before or not after:
+        return frozenset()
+    if before != after:
+        raise ValueError(f"cannot resume: the data set is not the one the run started on (content fingerprint "
+                         f"saved {before} vs now {after}: shards added or rewritten since); resume on that data "
+                         "or start a new run")
+    return frozenset({"data_dir"})
 
 
 def seed_everything(seed: int) -> None:

@@ -321,7 +321,7 @@ def _train_prior(cfg: PriorTrainConfig, *, model_checkpoint: Optional[str | Path
     model: DVQVAE = ck.model  # type: ignore[assignment]
     model.eval()
     shard_sums = [sh["sha256"] for sh in data.train.reader.shards]
-    key = {"model_sha256": ck.config["files"]["model"]["sha256"], "dataset": data.info["dataset"],
+    key = {"model_sha256": ck.config["files"]["model"]["sha256"], "dataset": data.info["fingerprint"],
            "data_sha256": hashlib.sha256(json.dumps(shard_sums).encode()).hexdigest(),
            "train_grasps": len(data.train), "val_grasps": len(data.val) if data.val is not None else 0,
            "views": cfg.token_views, "seed": cfg.seed, "augmentation": dataclasses.asdict(aug),
