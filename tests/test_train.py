@@ -375,3 +375,25 @@ def test_resume_follows_the_datas_content_not_its_path(hand, tmp_path):
     write_toy_dataset(other, hand, seed=1)  # the same path, other grasps
     with pytest.raises(ValueError, match="fingerprint"):
         train_dvqvae(cfg(other, tmp_path / "run2", epochs=1, resume=True), hand=hand)
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoints_weights(data_root, hand, tmp_path):
+    """Fine-tuning (other settings) or going on from committed weights when the run directory is lost."""
+    from safetensors.torch import load_file
+
+    first = train_dvqvae(cfg(data_root, tmp_path / "a", epochs=1), hand=hand)
+    tuned = train_dvqvae(cfg(data_root, tmp_path / "b", epochs=1, lr=1e-12, contact_scale=0.5,
+                             init_from=str(first.checkpoint)), hand=hand)
+    fresh = train_dvqvae(cfg(data_root, tmp_path / "fresh", epochs=1, lr=1e-12), hand=hand)
+    weights = {name: load_file(str(r.checkpoint / "model.safetensors")) for name, r in
+               (("first", first), ("tuned", tuned), ("fresh", fresh))}
+    decoders = [k for k in weights["first"] if "decoder" in k]  # (codebooks may revive dead codes at any rate)
+    assert decoders
+    # with a vanishing rate the tuned model is the checkpoint's, a fresh one is not
+    assert all(torch.allclose(weights["tuned"][k], weights["first"][k], atol=1e-6) for k in decoders)
+    assert not all(torch.allclose(weights["fresh"][k], weights["first"][k], atol=1e-6) for k in decoders)
+    with pytest.raises(ValueError, match="rotation"):
+        train_dvqvae(cfg(data_root, tmp_path / "c", max_steps=1, rotation="axis_angle",
+                         init_from=str(first.checkpoint)), hand=hand)
+    with pytest.raises(ValueError, match="holds a 'dvqvae' model"):
+        train_cvae(cfg(data_root, tmp_path / "d", max_steps=1, init_from=str(first.checkpoint)), hand=hand)

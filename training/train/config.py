@@ -25,7 +25,7 @@ RUNTIME_FIELDS = frozenset({
 # Fields only the DVQ-VAE reads: a GraspCVAE run resumes whatever they hold (it records them, and
 # their defaults change as the DVQ-VAE recipe improves).
 DVQVAE_ONLY_FIELDS = frozenset({"variant", "position_sees_codes", "rotation", "codebook_init_rows", "use_gating",
-                                "hand_frame"})
+                                "hand_frame", "init_from"})
 
 
 # =============================================================================== configuration
@@ -41,6 +41,10 @@ class TrainConfig:
     variant: str = "full"  # DVQ-VAE ablation variant
     position_sees_codes: bool = False  # DVQVAEConfig.position_sees_codes
     hand: str = "standin"  # hand model spec (load_hand_model)
+    # Start a new run from this checkpoint's weights (a directory or a bundled name such as "default"):
+    # fine-tuning, or going on from committed weights when a run directory is lost. The model's settings
+    # then come from the checkpoint; the run's own model settings must agree with them.
+    init_from: str = ""
     num_points: int = 0  # object points per sample; 0 = the preset's
     # optimisation
     epochs: int = 200
@@ -161,7 +165,7 @@ CONTACT_TERMS = ("consistency", "contact", "penetration")  # the terms weighted 
 # (so an old run resumes only with the settings it was actually trained with).
 LEGACY_CONFIG = {"contact_scale": 1.0, "contact_warmup": 0.0, "loss_points": 0, "input_frame": "centred",
                  "rotation": "axis_angle", "codebook_init_rows": 0,
-                 "use_gating": True, "hand_frame": "centred"}
+                 "use_gating": True, "hand_frame": "centred", "init_from": ""}
 
 
 def contact_scale_at(cfg: TrainConfig, step: int, total_steps: int) -> float:

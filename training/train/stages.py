@@ -122,6 +122,25 @@ def _grasp_validation(model: nn.Module, loader: Optional[DataLoader], hand: Hand
     return acc.means()
 
 
+#: Run settings that shape the model (or its input), as the model config names them.
+_MODEL_SETTINGS = {"dvqvae": ("variant", "position_sees_codes", "input_frame", "rotation", "use_gating", "hand_frame"),
+                   "cvae": ("input_frame",)}
+
+
+def _initial_model(stage: str, cfg: TrainConfig, hand: HandModel) -> tuple[Any, nn.Module]:
+    """(model config, model) of a new run that starts from ``cfg.init_from``'s weights."""
+    ck = load_checkpoint(cfg.init_from, hand=hand)
+    if ck.kind != stage:
+        raise ValueError(f"init_from {cfg.init_from}: holds a {ck.kind!r} model, this stage trains a {stage!r} one")
+    model_cfg = ck.model.cfg
+    differ = [f"{name}: checkpoint {getattr(model_cfg, name)!r} vs run {getattr(cfg, name)!r}"
+              for name in _MODEL_SETTINGS[stage] if getattr(model_cfg, name) != getattr(cfg, name)]
+    if differ:
+        raise ValueError(f"init_from {cfg.init_from}: the run's model settings differ from the checkpoint's "
+                         f"({'; '.join(differ)}): pass the checkpoint's")
+    return model_cfg, ck.model
+
+
 def _train_grasp_model(stage: str, cfg: TrainConfig, *, hand: Optional[HandModel], deadline: Optional[float],
                        on_step: Optional[StepCallback]) -> TrainResult:
     """Shared body of ``train_dvqvae`` and ``train_cvae``."""
@@ -134,7 +153,9 @@ def _train_grasp_model(stage: str, cfg: TrainConfig, *, hand: Optional[HandModel
     saved = read_training_state(stage_dir / "state") if resume else None
 
     seed_everything(cfg.seed)
-    if stage == "dvqvae":
+    if cfg.init_from and not saved:
+        model_cfg, model = _initial_model(stage, cfg, hand)
+    elif stage == "dvqvae":
         model_cfg: Any = DVQVAEConfig.from_dict(saved["model_config"]) if saved else \
             dvqvae_config(cfg.preset, variant=cfg.variant, position_sees_codes=cfg.position_sees_codes,
                           input_frame=cfg.input_frame, rotation=cfg.rotation,

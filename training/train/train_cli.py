@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=None, help="log a step record every N steps")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop cleanly (resumable) after this wall time")
     p.add_argument("--max-steps", type=int, default=0, help="stop cleanly after this many steps per stage")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="DVQ-VAE / CVAE: start a new run from this checkpoint's weights (a directory or 'default'): "
+                        "fine-tuning with other settings, or going on from committed weights")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out (starts fresh if none)")
     p.add_argument("--progress", dest="progress", action="store_true", default=None, help="force progress bars")
     p.add_argument("--no-progress", dest="progress", action="store_false")
@@ -122,7 +125,7 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PriorTrainConfig]:
                   device=args.device, num_threads=args.num_threads, num_workers=args.workers,
                   max_minutes=args.max_minutes, max_steps=args.max_steps, resume=args.resume, progress=progress)
     for name in ("partial_prob", "partial_method", "depth_noise", "table_cut", "input_frame", "rotation",
-                 "codebook_init_rows", "hand_frame"):
+                 "codebook_init_rows", "hand_frame", "init_from"):
         if getattr(args, name) is not None:
             common[name] = getattr(args, name)
     if args.grad_clip is not None:
