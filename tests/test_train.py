@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from dvqvae_model.nets.losses import LossWeights
 from scipy.spatial.transform import Rotation
 
 from dvqvae_model.pipeline.generator import GraspGenerator
@@ -397,3 +398,18 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(data_root, hand, 
                          init_from=str(first.checkpoint)), hand=hand)
     with pytest.raises(ValueError, match="holds a 'dvqvae' model"):
         train_cvae(cfg(data_root, tmp_path / "d", max_steps=1, init_from=str(first.checkpoint)), hand=hand)
+
+
+def test_loss_weight_overrides_reach_the_model_and_are_checked(data_root, hand, tmp_path):
+    from dvqvae_training.train.train_cli import build_parser, configs
+
+    main_cfg, _ = configs(build_parser().parse_args(
+        ["dvqvae", "--data", str(data_root), "--loss-weight", "lambda_p=1e5", "--loss-weight", "lambda_h=2"]))
+    assert main_cfg.loss_weights == {"lambda_p": 1e5, "lambda_h": 2.0}
+    res = train_dvqvae(cfg(data_root, tmp_path, max_steps=1, loss_weights={"lambda_p": 1e5}), hand=hand)
+    saved = read_training_state(res.state_dir)["model_config"]["loss_weights"]
+    assert saved["lambda_p"] == 1e5 and saved["lambda_v"] == LossWeights().lambda_v
+    assert train_dvqvae(cfg(data_root, tmp_path, epochs=1, loss_weights={"lambda_p": 1e5}, resume=True),
+                        hand=hand).finished
+    for bad in ("lambda_q=1", "lambda_p", "lambda_p=x"):
+        assert train_main(["dvqvae", "--data", str(data_root), "--out", str(tmp_path / "x"), "--loss-weight", bad]) == 2

@@ -45,6 +45,9 @@ class TrainConfig:
     # fine-tuning, or going on from committed weights when a run directory is lost. The model's settings
     # then come from the checkpoint; the run's own model settings must agree with them.
     init_from: str = ""
+    # Loss weights that replace the model's (LossWeights field -> value, e.g. {"lambda_p": 1e5}) in a new
+    # run; contact_scale still multiplies lambda_m, lambda_c and lambda_p. Saved with the model's config.
+    loss_weights: dict = field(default_factory=dict)
     num_points: int = 0  # object points per sample; 0 = the preset's
     # optimisation
     epochs: int = 200
@@ -111,6 +114,13 @@ class TrainConfig:
             raise ValueError(f"contact_scale must be a finite number >= 0, got {self.contact_scale}")
         if self.loss_points < 0:
             raise ValueError(f"loss_points must be >= 0 (0 = all points), got {self.loss_points}")
+        known = {f.name for f in dataclasses.fields(LossWeights)}
+        unknown = sorted(set(self.loss_weights) - known)
+        if unknown:
+            raise ValueError(f"unknown loss weights {unknown}; known: {sorted(known)}")
+        self.loss_weights = {str(k): float(v) for k, v in self.loss_weights.items()}
+        if not all(math.isfinite(v) for v in self.loss_weights.values()):
+            raise ValueError(f"loss weights must be finite, got {self.loss_weights}")
         if not 0.0 <= self.contact_warmup <= 1.0:
             raise ValueError(f"contact_warmup is a fraction of the run in [0, 1], got {self.contact_warmup}")
 
@@ -165,7 +175,8 @@ CONTACT_TERMS = ("consistency", "contact", "penetration")  # the terms weighted 
 # (so an old run resumes only with the settings it was actually trained with).
 LEGACY_CONFIG = {"contact_scale": 1.0, "contact_warmup": 0.0, "loss_points": 0, "input_frame": "centred",
                  "rotation": "axis_angle", "codebook_init_rows": 0,
-                 "use_gating": True, "hand_frame": "centred", "init_from": ""}
+                 "use_gating": True, "hand_frame": "centred", "init_from": "",
+                 "loss_weights": {}}
 
 
 def contact_scale_at(cfg: TrainConfig, step: int, total_steps: int) -> float:

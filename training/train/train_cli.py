@@ -109,10 +109,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                    help="DVQ-VAE / CVAE: start a new run from this checkpoint's weights (a directory or 'default'): "
                         "fine-tuning with other settings, or going on from committed weights")
+    p.add_argument("--loss-weight", action="append", default=[], metavar="NAME=VALUE",
+                   help="DVQ-VAE / CVAE: replace one of the model's loss weights in a new run (repeatable; names "
+                        "as in LossWeights: lambda_p, lambda_v, lambda_h, ...; contact_scale still multiplies "
+                        "lambda_m, lambda_c, lambda_p)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --out (starts fresh if none)")
     p.add_argument("--progress", dest="progress", action="store_true", default=None, help="force progress bars")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     return p
+
+
+def _name_value(item: str) -> tuple[str, float]:
+    name, sep, value = item.partition("=")
+    try:
+        return name.strip(), float(value) if sep else float("nan")
+    except ValueError:
+        raise ValueError(f"--loss-weight wants NAME=NUMBER, got {item!r}") from None
 
 
 def configs(args: argparse.Namespace) -> tuple[TrainConfig, PriorTrainConfig]:
@@ -128,6 +140,8 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PriorTrainConfig]:
                  "codebook_init_rows", "hand_frame", "init_from"):
         if getattr(args, name) is not None:
             common[name] = getattr(args, name)
+    if args.loss_weight:
+        common["loss_weights"] = dict(_name_value(item) for item in args.loss_weight)
     if args.grad_clip is not None:
         common["grad_clip"] = args.grad_clip
     if args.save_every is not None:
