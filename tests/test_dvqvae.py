@@ -376,20 +376,11 @@ def test_overfit_small_set_end_to_end(hand: HandModel) -> None:
     assert (out.usage["perplexity"][1:] > 1.0).all()  # every hand codebook tells grasps apart
 
 
-def _fit_two_sides(hand: HandModel, sees_codes: bool) -> torch.Tensor:
-    """Per-sample vertex error (mm) after fitting two grasps that differ only by a half turn about z,
-    on an object cloud that the half turn maps onto itself."""
-    from dvqvae_training.dataset.datasets import WristJoint, transform_hand_params
-
-    obj, prm = synthetic_grasps(hand, 1, 128, seed=3)
-    half_turn = np.diag([-1.0, -1.0, 1.0])
-    sym = torch.cat([obj[0], obj[0] @ torch.as_tensor(half_turn, dtype=torch.float32).T])  # invariant set
-    turned = transform_hand_params(prm.numpy(), half_turn, np.zeros(3), WristJoint(hand)(prm[:, :10].numpy()))
-    params = torch.cat([prm, torch.as_tensor(turned, dtype=torch.float32)])
-    objs = sym.expand(2, -1, -1).contiguous()
+def _fit_pair(hand: HandModel, objs: torch.Tensor, params: torch.Tensor, **model_options: object) -> torch.Tensor:
+    """Per-sample vertex error (mm) of a small DVQ-VAE after 200 steps on these two grasps alone."""
     torch.manual_seed(0)
     weights = LossWeights(lambda_h=1.0, lambda_m=0.5, lambda_c=15.0, lambda_p=0.05)
-    model = DVQVAE(dvqvae_config("compact", num_points=256, loss_weights=weights, position_sees_codes=sees_codes), hand)
+    model = DVQVAE(dvqvae_config("compact", loss_weights=weights, **model_options), hand)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     for _ in range(200):
@@ -402,6 +393,20 @@ def _fit_two_sides(hand: HandModel, sees_codes: bool) -> torch.Tensor:
         out = model(objs, params)
         gt = hand.from_params(params).vertices
     return (out.decoding.vertices - gt).norm(dim=-1).mean(dim=1) * 1000.0
+
+
+def _fit_two_sides(hand: HandModel, sees_codes: bool) -> torch.Tensor:
+    """Per-sample vertex error (mm) after fitting two grasps that differ only by a half turn about z,
+    on an object cloud that the half turn maps onto itself."""
+    from dvqvae_training.dataset.datasets import WristJoint, transform_hand_params
+
+    obj, prm = synthetic_grasps(hand, 1, 128, seed=3)
+    half_turn = np.diag([-1.0, -1.0, 1.0])
+    sym = torch.cat([obj[0], obj[0] @ torch.as_tensor(half_turn, dtype=torch.float32).T])  # invariant set
+    turned = transform_hand_params(prm.numpy(), half_turn, np.zeros(3), WristJoint(hand)(prm[:, :10].numpy()))
+    params = torch.cat([prm, torch.as_tensor(turned, dtype=torch.float32)])
+    objs = sym.expand(2, -1, -1).contiguous()
+    return _fit_pair(hand, objs, params, num_points=256, position_sees_codes=sees_codes)
 
 
 def test_position_sees_codes_tells_the_sides_of_an_object_apart(hand: HandModel) -> None:
@@ -425,22 +430,7 @@ def _fit_two_places(hand: HandModel, hand_frame: str, shift_m: float = 0.03) -> 
     moved[:, -3] += shift_m  # transl x (the layout's last three entries)
     params = torch.cat([prm, moved])
     objs = obj.expand(2, -1, -1).contiguous()
-    torch.manual_seed(0)
-    weights = LossWeights(lambda_h=1.0, lambda_m=0.5, lambda_c=15.0, lambda_p=0.05)
-    model = DVQVAE(dvqvae_config("compact", num_points=128, loss_weights=weights, position_sees_codes=True,
-                                 hand_frame=hand_frame), hand)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model.train()
-    for _ in range(200):
-        out = model(objs, params)
-        opt.zero_grad()
-        out.losses["total"].backward()
-        opt.step()
-    model.eval()
-    with torch.no_grad():
-        out = model(objs, params)
-        gt = hand.from_params(params).vertices
-    return (out.decoding.vertices - gt).norm(dim=-1).mean(dim=1) * 1000.0
+    return _fit_pair(hand, objs, params, num_points=128, position_sees_codes=True, hand_frame=hand_frame)
 
 
 def test_hand_frame_object_lets_the_codes_carry_the_hands_place(hand: HandModel) -> None:
