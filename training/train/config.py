@@ -25,7 +25,7 @@ RUNTIME_FIELDS = frozenset({
 # Fields only the DVQ-VAE reads: a GraspCVAE run resumes whatever they hold (it records them, and
 # their defaults change as the DVQ-VAE recipe improves).
 DVQVAE_ONLY_FIELDS = frozenset({"variant", "position_sees_codes", "rotation", "codebook_init_rows", "use_gating",
-                                "hand_frame", "init_from"})
+                                "hand_frame"})
 
 
 # =============================================================================== configuration

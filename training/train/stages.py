@@ -168,8 +168,7 @@ def _train_grasp_model(stage: str, cfg: TrainConfig, *, hand: Optional[HandModel
             cvae_config(cfg.preset, input_frame=cfg.input_frame, **({"num_points": cfg.num_points} if cfg.num_points else {}))
         model = GraspCVAE(model_cfg, hand)
     if cfg.loss_weights and not saved:  # a resumed run has them in its saved model config already
-        model_cfg.loss_weights = dataclasses.replace(model_cfg.loss_weights, **cfg.loss_weights)
-        model.cfg = model_cfg
+        model_cfg.loss_weights = dataclasses.replace(model_cfg.loss_weights, **cfg.loss_weights)  # model.cfg is model_cfg
     data = open_splits(cfg, hand, _num_points(cfg, model_cfg.num_points))  # before the hand moves to the device
     model.to(device).train()
     optimizer = _adam(model.parameters(), cfg)

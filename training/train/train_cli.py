@@ -122,7 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _name_value(item: str) -> tuple[str, float]:
     name, sep, value = item.partition("=")
     try:
-        return name.strip(), float(value) if sep else float("nan")
+        if not sep:
+            raise ValueError
+        return name.strip(), float(value)
     except ValueError:
         raise ValueError(f"--loss-weight wants NAME=NUMBER, got {item!r}") from None
 
