@@ -413,3 +413,19 @@ def test_loss_weight_overrides_reach_the_model_and_are_checked(data_root, hand, 
                         hand=hand).finished
     for bad in ("lambda_q=1", "lambda_p", "lambda_p=x"):
         assert train_main(["dvqvae", "--data", str(data_root), "--out", str(tmp_path / "x"), "--loss-weight", bad]) == 2
+
+
+def test_prior_stage_refuses_the_dvqvae_options(data_root, tmp_path, capsys):
+    """`dvqvae-train prior --epochs 5` used to train the default 100 prior epochs without a word."""
+    out = str(tmp_path / "p")
+    assert train_main(["prior", "--data", str(data_root), "--out", out, "--epochs", "5"]) == 2
+    assert "--prior-epochs" in capsys.readouterr().err
+    assert train_main(["prior", "--data", str(data_root), "--out", out, "--contact-scale", "0.1"]) == 2
+    assert "--contact-scale" in capsys.readouterr().err
+    from dvqvae_training.train.train_cli import build_parser, configs
+
+    _, prior_cfg = configs(build_parser().parse_args(["prior", "--data", str(data_root), "--prior-epochs", "5"]))
+    assert prior_cfg.epochs == 5
+    main_cfg, prior_cfg = configs(build_parser().parse_args(["all", "--data", str(data_root), "--epochs", "3",
+                                                             "--prior-epochs", "5"]))
+    assert (main_cfg.epochs, prior_cfg.epochs) == (3, 5)

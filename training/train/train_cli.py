@@ -129,8 +129,24 @@ def _name_value(item: str) -> tuple[str, float]:
         raise ValueError(f"--loss-weight wants NAME=NUMBER, got {item!r}") from None
 
 
+_PRIOR_NAMES = {"epochs": "--prior-epochs", "batch_size": "--prior-batch-size", "lr": "--prior-lr"}
+_MAIN_ONLY = ("epochs", "batch_size", "lr", "contact_scale", "contact_warmup", "loss_points")
+
+
+def _check_stage_options(args: argparse.Namespace) -> None:
+    """The prior stage has its own epochs / batch / lr options: refuse the DVQ-VAE's rather than ignore them."""
+    if args.stage != "prior":
+        return
+    for name in _MAIN_ONLY:
+        if getattr(args, name) is not None:
+            flag = "--" + name.replace("_", "-")
+            hint = f" (the prior's is {_PRIOR_NAMES[name]})" if name in _PRIOR_NAMES else ""
+            raise ValueError(f"{flag} sets the DVQ-VAE / CVAE stage, not the prior{hint}")
+
+
 def configs(args: argparse.Namespace) -> tuple[TrainConfig, PriorTrainConfig]:
     """The two stage configs from the command line (unset options keep the config defaults)."""
+    _check_stage_options(args)
     progress = sys.stderr.isatty() if args.progress is None else bool(args.progress)
     common = dict(data_dir=args.data, out_dir=args.out, preset=args.preset, variant=args.variant, hand=args.hand,
                   position_sees_codes=args.position_sees_codes,
