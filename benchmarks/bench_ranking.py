@@ -11,7 +11,8 @@ K = 16 and each generator setting:
 * ``rank Cx``         C x K candidates ranked by ``grasp_quality``, the best K kept (the node's score,
                       with its ``stability`` term);
 * ``rank Cx old``     the same without the stability term (the score before it; ``stability`` weight 0);
-* ``rank Cx stab20``  the same with the stability term's weight 20 (what a stronger weight trades);
+* ``rank Cx stab5``   the same with the stability term's weight 5 and no penetration cap on its
+                      credit (the score before 2026-12-07: what the stronger weight trades);
 * ``rank+refine``     ranked, then refined with the node's refine_steps / refine_time_ms (20 / 60 ms);
 * ``rank+refine 150ms`` ranked, refined with 40 steps / 150 ms;
 * ``rank+refine long`` ranked, refined with a generous budget (what offline use can afford).
@@ -143,7 +144,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ids-file", default="", help="choose only among the object ids listed in this file")
     ap.add_argument("--max-objects", type=int, default=6)
     ap.add_argument("--grasps", type=int, nargs="+", default=[8, 16])
-    ap.add_argument("--oversample", type=int, default=4, help="candidates = this x K")
+    ap.add_argument("--oversample", type=int, default=0,
+                    help="candidates = this x K (default: the node's ratio, DEFAULTS.candidates / DEFAULTS.num_grasps)")
     ap.add_argument("--pitch-mm", type=float, default=1.0)
     ap.add_argument("--model", default="default")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
@@ -160,6 +162,8 @@ def main(argv=None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.oversample <= 0:
+        args.oversample = max(1, DEFAULTS.candidates // DEFAULTS.num_grasps)
     path = resolve_checkpoint(args.model, default_dir=DEFAULT_MODEL_DIR)
     default_refine = RefineConfig()
     mid_refine = RefineConfig(steps=40, max_time_s=0.15)
@@ -169,8 +173,9 @@ def main(argv=None) -> int:
         "rank": GraspGenerator.from_checkpoint(path, ranking=True, refine=False),
         "rank old": GraspGenerator.from_checkpoint(path, ranking=True, refine=False,
                                                    quality_weights=QualityWeights(stability=0.0)),
-        "rank stab20": GraspGenerator.from_checkpoint(path, ranking=True, refine=False,
-                                                      quality_weights=QualityWeights(stability=20.0)),
+        "rank stab5": GraspGenerator.from_checkpoint(path, ranking=True, refine=False,
+                                                     quality_weights=QualityWeights(stability=5.0,
+                                                                                    stability_max_penetration=1e9)),
         "rank+refine": GraspGenerator.from_checkpoint(path, ranking=True, refine=True, refine_config=default_refine),
         "rank+refine 150ms": GraspGenerator.from_checkpoint(path, ranking=True, refine=True, refine_config=mid_refine),
         "rank+refine long": GraspGenerator.from_checkpoint(path, ranking=True, refine=True, refine_config=long_refine),
@@ -187,7 +192,7 @@ def main(argv=None) -> int:
           f"refine {DEFAULTS.refine}; stability weight {QualityWeights().stability:g}", flush=True)
 
     ranked = {f"rank {args.oversample}x old": "rank old", f"rank {args.oversample}x": "rank",
-              f"rank {args.oversample}x stab20": "rank stab20"}
+              f"rank {args.oversample}x stab5": "rank stab5"}
     setting_gens = {"raw": "raw", **ranked, "rank+refine": "rank+refine", "rank+refine 150ms": "rank+refine 150ms",
                     "rank+refine long": "rank+refine long"}
     settings = [(k, name) for k in args.grasps for name in setting_gens]
@@ -210,7 +215,7 @@ def main(argv=None) -> int:
                 index = {key(p): i for i, p in enumerate(allc.params)}
                 # every stability feature of the same candidates against the same cloud
                 prep = gens["rank"]._prepare(cloud, seed)
-                surface = CloudSurface(torch.from_numpy(np.asarray(prep.points + prep.centre, np.float32))[None])
+                surface = CloudSurface(torch.from_numpy(np.asarray(prep.to_input_frame(prep.points), np.float32))[None])
                 with torch.no_grad():
                     qt = quality_terms(surface, torch.from_numpy(allc.vertices), hand.part_ids,
                                        gens["rank"]._vertex_areas)

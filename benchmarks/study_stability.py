@@ -16,11 +16,12 @@ simulating again).
 Spearman rank correlation of each with penetration and displacement (within each cloud's
 candidates, averaged), and the mean penetration / displacement / Q of the best ``--keep`` of each
 cloud's candidates picked by: the current score, the score with the ``stability`` term of
-``QualityWeights`` (as configured in the code), the true Q (oracle) and at random. ``--fit``
-fits the stability weights (a least-squares line from the features to displacement in cm, so the
-term reads as a predicted displacement) and the term's weight in the score (by the Q of the kept
-grasps), with 2-fold cross-validation over objects to show how well the choice generalises,
-and prints the numbers to paste into ``StabilityWeights`` / ``QualityWeights``.
+``QualityWeights`` (as configured in the code), the true Q (oracle) and at random.
+``--subsets 16,32,64`` shows what the node's candidate count buys (the code's score over random
+subsets of each cloud's candidates). ``--fit`` fits the fall model (a logistic regression of
+"displacement > --fall-cm" on the standardised ``--features``) with 5-fold cross-validation over
+objects, shows the kept quality for a range of the term's weight, and prints the numbers to paste
+into ``StabilityModel``.
 """
 from __future__ import annotations
 
@@ -83,6 +84,7 @@ def collect(args) -> None:
                 prep = gen._prepare(cloud, seed)
                 m = ev(gs.vertices)
                 rec.update({f"{view}_points": prep.points, f"{view}_centre": np.asarray(prep.centre),
+                            f"{view}_rotation": np.asarray(prep.rotation),
                             f"{view}_params": gs.params, f"{view}_prior": gs.terms["prior"],
                             f"{view}_score": gs.scores, f"{view}_pen": m["pen"], f"{view}_disp": m["disp"],
                             f"{view}_contact": m["contact"]})
@@ -97,12 +99,9 @@ def load(out: str, gen, variants: list[dict] | None = None) -> dict[str, list[di
     """Per cloud type, one dict per cloud: metrics and every term / feature recomputed now."""
     import torch
 
-    from dvqvae_model.hand.hand_model import SLICE_TRANSL
-    from dvqvae_model.pipeline.grasp_quality import CloudSurface
-
     from dataclasses import replace
 
-    from dvqvae_model.pipeline.grasp_quality import quality_terms
+    from dvqvae_model.pipeline.grasp_quality import CloudSurface, quality_terms
     data: dict[str, list[dict]] = {"full": [], "partial": []}
     for path in sorted(Path(out).glob("*.npz")):
         if path.name.endswith(".tmp.npz"):
@@ -110,10 +109,16 @@ def load(out: str, gen, variants: list[dict] | None = None) -> dict[str, list[di
         z = np.load(path)
         for view in data:
             pts = torch.from_numpy(z[f"{view}_points"]).float()[None]
-            params = torch.from_numpy(z[f"{view}_params"]).float().clone()
-            params[:, SLICE_TRANSL] -= torch.from_numpy(z[f"{view}_centre"]).float()
+            params = torch.from_numpy(z[f"{view}_params"]).float()
+            centre = torch.from_numpy(z[f"{view}_centre"]).float()
+            if f"{view}_rotation" not in z.files and gen.prepare_kwargs.get("frame") == "principal":
+                raise SystemExit(f"{path}: collected without the cloud's rotation; collect again")
+            rotation = torch.from_numpy(z[f"{view}_rotation"]).float() if f"{view}_rotation" in z.files else torch.eye(3)
             with torch.no_grad():
+                # the stored grasps are in the input frame, the stored points in the model's frame
                 hand_out = gen.hand.from_params(params)
+                hand_out = replace(hand_out, vertices=(hand_out.vertices - centre) @ rotation.T,
+                                   keypoints=(hand_out.keypoints - centre) @ rotation.T)
                 prior = torch.from_numpy(z[f"{view}_prior"]).float()
                 graph = gen._graph_score_of(prior, pts, hand_out)
                 score, terms = gen.score_candidates(pts, CloudSurface(pts), hand_out.vertices, hand_out.keypoints,
@@ -228,8 +233,29 @@ def analyse(args) -> None:
         for name, key in rows.items():
             p, d, q = kept_quality(cl, key, args.keep)
             print(f"  {view:7s} {name:40s} {p:6.2f} {d:5.2f} {q:5.2f}")
+    if args.subsets:
+        print(f"\nBest {args.keep} per cloud by the code's score among N candidates (N of the collected ones, "
+              f"{SUBSET_DRAWS} random draws per cloud): penetration cm^3 / displacement cm / Q")
+        for n in (int(x) for x in args.subsets.split(",")):
+            cells = []
+            for view in ("full", "partial"):
+                drawn = [_subset(c, np.random.default_rng(1000 * r + i).permutation(len(c["pen"]))[:n])
+                         for r in range(SUBSET_DRAWS) for i, c in enumerate(data[view])]
+                p, d, q = kept_quality(drawn, lambda c: c["score"], args.keep)
+                cells.append(f"{view} {p:5.2f} / {d:4.2f} / {q:4.2f}")
+            print(f"  N {n:3d}: " + "   ".join(cells))
     if args.fit:
         fit(data, args)
+
+
+SUBSET_DRAWS = 4
+
+
+def _subset(c: dict, idx: np.ndarray) -> dict:
+    """One cloud's record restricted to the candidates ``idx`` (candidates are i.i.d. samples, so any
+    subset of N is a draw of N)."""
+    n = len(c["pen"])
+    return {k: (v[idx] if isinstance(v, np.ndarray) and v.shape[:1] == (n,) else v) for k, v in c.items()}
 
 
 def fit(data: dict[str, list[dict]], args) -> None:
@@ -279,6 +305,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pitch-mm", type=float, default=1.0)
     ap.add_argument("--out", required=True)
     ap.add_argument("--fit", action="store_true")
+    ap.add_argument("--subsets", default="", help="e.g. 16,32,64: the kept quality with N of the collected candidates")
     ap.add_argument("--variants", default="", help="feature settings to try too, e.g. 'mu=0.5;max_depth_mm=3'")
     ap.add_argument("--features", default="cone_eps,balance,span")
     ap.add_argument("--fall-cm", type=float, default=2.0, help="the fall model's threshold of displacement")
