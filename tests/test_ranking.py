@@ -254,3 +254,33 @@ def test_grid_refinement_is_checked_on_the_exact_surface(hand, scene) -> None:
     assert torch.all(after["penetration"] <= before["penetration"] + 1e-5)
     assert not torch.equal(refined, params), "the grid refinement changed nothing"
     assert np.all(penetration(hand, refined, box) <= penetration(hand, params, box) + 0.05)
+
+
+def test_cloud_surface_nearest_point_search_is_exact() -> None:
+    """The k-d tree of the CPU path finds what the brute-force search (the other devices' path) finds."""
+    g = torch.Generator().manual_seed(0)
+    points = torch.randn(2, 700, 3, generator=g) * 0.05
+    queries = torch.randn(2, 900, 3, generator=g) * 0.07
+    surface = CloudSurface(points)
+    idx, d2 = surface._nearest(queries)
+    brute = torch.cdist(queries.double(), surface.points.double()) ** 2
+    best = brute.min(dim=2)
+    torch.testing.assert_close(d2.double(), best.values, atol=1e-9, rtol=1e-5)
+    assert (brute.gather(2, idx.unsqueeze(-1)).squeeze(-1) <= best.values + 1e-12).all()
+
+
+def test_a_deep_grasp_earns_no_hold_credit(hand, scene) -> None:
+    """The stability credit stops at ``stability_max_penetration``: past it a grasp scores as if it falls."""
+    box, cloud, normal = scene
+    params = grasps_at(normal, [0.0, 0.01], SIDE[:2], hand)
+    with torch.no_grad():
+        out = hand.from_params(params)
+        terms = quality_terms(CloudSurface(torch.from_numpy(cloud)[None]), out.vertices, hand.part_ids,
+                              vertex_areas(hand.rest().vertices[0], hand.faces))
+    assert terms["penetration"][1] > 5.0 > terms["penetration"][0]
+    w = QualityWeights()
+    capped = combine_terms(torch.zeros(2), terms, w)
+    uncapped = combine_terms(torch.zeros(2), terms, QualityWeights(stability_max_penetration=1e9))
+    lost = (uncapped - capped).numpy()
+    assert lost[0] == 0.0  # the shallow grasp keeps its credit
+    assert lost[1] == pytest.approx(w.stability * (1.0 - float(terms["stability"][1])), rel=1e-5)

@@ -15,7 +15,7 @@ __all__ = ["DEFAULTS", "GenerationDefaults"]
 @dataclass(frozen=True)
 class GenerationDefaults:
     num_grasps: int = 8
-    candidates: int = 32  # sampled per cloud, the best num_grasps kept (4x the default K)
+    candidates: int = 64  # sampled per cloud, the best num_grasps kept (8x the default K)
     ranking: bool = True  # rank candidates by grasp_quality (False + candidates = K: the raw path)
     refine: bool = False  # refine the kept grasps (dvqvae_model.pipeline.refine); off: within a node-sized budget it changed nothing measurable (README)
     refine_steps: int = 20

@@ -98,13 +98,13 @@ class StabilityModel:
     contact_mm: float = 5.0  # a vertex touches within this distance of the surface (or inside)
     mu: float = 1.0  # friction coefficient of the features' cones (not the simulator's)
     max_depth_mm: float = 1e3  # vertices deeper inside than this are not contacts (their normals are unreliable)
-    # fitted on 60 validation-split objects x (full cloud + one depth view) x 32 candidates
-    # (benchmarks/study_stability.py analyse --fit --features cone_eps,balance,span --fall-cm 2)
+    # fitted on the bundled model's candidates: 30 validation-split objects x (full cloud + one depth
+    # view) x 64 (benchmarks/study_stability.py analyse --fit --features cone_eps,balance,span --fall-cm 2)
     features: tuple[str, ...] = ("cone_eps", "balance", "span")
-    mean: tuple[float, ...] = (-0.68946, 0.41668, 0.75792)
-    std: tuple[float, ...] = (0.40741, 0.21699, 0.18068)
-    coef: tuple[float, ...] = (-0.35347, -0.22332, -0.47127)
-    intercept: float = -1.13146
+    mean: tuple[float, ...] = (-0.76148, 0.399, 0.71059)
+    std: tuple[float, ...] = (0.42435, 0.21709, 0.21289)
+    coef: tuple[float, ...] = (-0.53037, -0.27643, -0.37981)
+    intercept: float = -1.17473
     fall_cm: float = 2.0
 
     def __post_init__(self) -> None:
