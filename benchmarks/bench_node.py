@@ -334,7 +334,7 @@ def run_size(args: argparse.Namespace, model: Path, size: int, ramp: bool) -> di
     t_start = time.perf_counter()
     proc = _start_node(args, model, ns)
     ctx = Context()
-    rclpy.init(context=ctx, domain_id=args.domain_id)
+    rclpy.init(args=[], context=ctx, domain_id=args.domain_id)  # not sys.argv: --param NAME:=V is for the node
     peer: Optional[_Peer] = None
     try:
         peer = _Peer(ctx, ns, markers=not args.no_markers)
@@ -405,7 +405,7 @@ def light_topics(args: argparse.Namespace, model: Path, size: int, tmp: Path) ->
         ns = f"/bench_{uuid.uuid4().hex[:6]}"
         proc = _start_node(args, model, ns, profile)
         ctx = Context()
-        rclpy.init(context=ctx, domain_id=args.domain_id)
+        rclpy.init(args=[], context=ctx, domain_id=args.domain_id)  # not sys.argv: --param NAME:=V is for the node
         peer: Optional[_Peer] = None
         sink: Optional[subprocess.Popen] = None
         try:

@@ -284,3 +284,31 @@ def test_a_deep_grasp_earns_no_hold_credit(hand, scene) -> None:
     lost = (uncapped - capped).numpy()
     assert lost[0] == 0.0  # the shallow grasp keeps its credit
     assert lost[1] == pytest.approx(w.stability * (1.0 - float(terms["stability"][1])), rel=1e-5)
+
+
+def test_a_one_sided_view_scales_the_hold_credit_cap(hand, scene) -> None:
+    """One depth view's penetration term reads high (hands behind the object count as inside), so
+    its no-hold-credit cap is scaled; a cloud all round the object keeps the plain cap."""
+    from dvqvae_model.sim import depth_camera as dc
+
+    box, cloud, _ = scene
+    rng = np.random.default_rng(0)
+    view = None
+    for _ in range(10):
+        pts, cam = dc.capture_object_cloud(box, rng)
+        if len(pts) >= 500:
+            view = dc.transform_points(pts, cam).astype(np.float32)
+            break
+    assert view is not None
+    full_surface, view_surface = CloudSurface(torch.from_numpy(cloud)[None]), CloudSurface(torch.from_numpy(view)[None])
+    w = QualityWeights()
+    assert float(full_surface.one_sidedness[0]) < w.one_sided <= float(view_surface.one_sidedness[0])
+    cap = w.stability_max_penetration
+    terms = {"penetration": torch.tensor([2 * cap, 2 * cap]), "contact": torch.zeros(2), "closure": torch.zeros(2),
+             "digits": torch.zeros(2), "stability": torch.tensor([0.2, 0.2]),
+             "one_sidedness": torch.tensor([float(full_surface.one_sidedness[0]), float(view_surface.one_sidedness[0])])}
+    score = combine_terms(torch.zeros(2), terms, w)
+    # the same grasp (penetration term 2x the cap): no credit against the full cloud, credit on the view
+    assert float(score[1] - score[0]) == pytest.approx(w.stability * (1.0 - 0.2), rel=1e-5)
+    terms["penetration"] = torch.tensor([2 * cap, w.one_sided_penetration_scale * cap])
+    assert float(combine_terms(torch.zeros(2), terms, w)[1]) == pytest.approx(-w.one_sided_penetration_scale * cap - w.stability)
