@@ -205,7 +205,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"dvqvae-train: cannot join the distributed job: {e}", file=sys.stderr)
         return 2
     try:
-        return _run(args, main_cfg, prior_cfg, dist_ctx)
+        code = _run(args, main_cfg, prior_cfg, dist_ctx)
+        # rank 0 still validates and saves after the others finish: tearing the gloo group down under
+        # it aborted a rank now and then (SIGABRT, "terminate called without an active exception")
+        dist_ctx.barrier()
+        return code
     finally:
         dist_ctx.close()
 
