@@ -289,17 +289,10 @@ def test_a_deep_grasp_earns_no_hold_credit(hand, scene) -> None:
 def test_a_one_sided_view_scales_the_hold_credit_cap(hand, scene) -> None:
     """One depth view's penetration term reads high (hands behind the object count as inside), so
     its no-hold-credit cap is scaled; a cloud all round the object keeps the plain cap."""
-    from dvqvae_model.sim import depth_camera as dc
+    from dvqvae_training.evaluate.evaluate import partial_view
 
     box, cloud, _ = scene
-    rng = np.random.default_rng(0)
-    view = None
-    for _ in range(10):
-        pts, cam = dc.capture_object_cloud(box, rng)
-        if len(pts) >= 500:
-            view = dc.transform_points(pts, cam).astype(np.float32)
-            break
-    assert view is not None
+    view = partial_view(box, seed=0, min_points=500)  # one simulated depth view, as dvqvae-eval --partial-view
     full_surface, view_surface = CloudSurface(torch.from_numpy(cloud)[None]), CloudSurface(torch.from_numpy(view)[None])
     w = QualityWeights()
     assert float(full_surface.one_sidedness[0]) < w.one_sided <= float(view_surface.one_sidedness[0])
