@@ -305,3 +305,25 @@ def test_a_one_sided_view_scales_the_hold_credit_cap(hand, scene) -> None:
     assert float(score[1] - score[0]) == pytest.approx(w.stability * (1.0 - 0.2), rel=1e-5)
     terms["penetration"] = torch.tensor([2 * cap, w.one_sided_penetration_scale * cap])
     assert float(combine_terms(torch.zeros(2), terms, w)[1]) == pytest.approx(-w.one_sided_penetration_scale * cap - w.stability)
+
+
+def test_ranking_graph_skips_geometry_and_the_raw_path_still_has_it(hand, scene, gen) -> None:
+    """A ranking generator's graph scores by the prior alone (the ranking measures the geometry),
+    and turning ranking off at run time (as the node's parameter does) gives the raw generator's
+    grasps and scores, geometry included."""
+    from dvqvae_model.nets.sampling_graph import ScoreWeights
+
+    _, cloud, _ = scene
+    ranked = GraspGenerator(gen[0], gen[1], hand=hand, num_points=1024, candidates=16, ranking=True)
+    raw = GraspGenerator(gen[0], gen[1], hand=hand, num_points=1024, ranking=False)
+    assert ranked.graph(None).scorer.weights.prior_only and not raw.graph(None).scorer.weights.prior_only
+    # the same candidates ranked with a geometric graph score: same choice, same published scores
+    full = GraspGenerator(gen[0], gen[1], hand=hand, num_points=1024, candidates=16, ranking=True,
+                          score_weights=ScoreWeights())
+    a, b = ranked.generate(cloud, 4, seed=3), full.generate(cloud, 4, seed=3)
+    np.testing.assert_allclose(a.params, b.params, atol=1e-5)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-3)
+    ranked.ranking = False
+    c, d = ranked.generate(cloud, 4, seed=5), raw.generate(cloud, 4, seed=5)
+    np.testing.assert_allclose(c.params, d.params, atol=1e-5)
+    np.testing.assert_allclose(c.scores, d.scores, atol=1e-4)

@@ -133,7 +133,12 @@ class GraspGenerator:
         self.candidates = int(candidates)  # sampled per object before ranking; < num_grasps = num_grasps
         self.ranking = bool(ranking)
         self.quality_weights = quality_weights or QualityWeights()
-        self.score_weights = score_weights or ScoreWeights()
+        # ranking measures penetration and contact itself (score_candidates): the graph then scores by
+        # the prior alone instead of computing the same geometry a second time
+        # (``_raw_geometry``: if the node turns ranking off later, the raw path adds the geometry back)
+        self._raw_geometry = score_weights is None and self.ranking
+        self.score_weights = score_weights or (ScoreWeights(penetration=0.0, contact=0.0) if self.ranking
+                                               else ScoreWeights())
         self.num_score_points = int(num_score_points)
         with torch.no_grad():
             self._vertex_areas = vertex_areas(hand.rest().vertices[0], hand.faces).to(self.device)
@@ -292,6 +297,11 @@ class GraspGenerator:
                 keep = self._best_per_object(scores, len(prepared), c, k)
                 params, vertices, keypoints, scores = (x[keep] for x in (params, vertices, keypoints, scores))
                 terms = {name: v[keep] for name, v in terms.items()}
+        elif self._raw_geometry:  # the raw path on a graph built for ranking: its own score, as a raw graph's
+            with torch.no_grad():
+                obj_in_hand, tip_contact = self.graph(None).scorer.geometry_terms(points, vertices, keypoints)
+                raw = ScoreWeights()
+                scores = scores - raw.penetration * obj_in_hand - raw.contact * tip_contact
         t2r = time.perf_counter()
         if self.refine:
             params, vertices, keypoints, scores, terms = self._refine(points, surface, params, vertices, keypoints,
