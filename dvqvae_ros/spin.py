@@ -22,6 +22,10 @@ from rclpy.node import Node
 __all__ = ["ShutdownSignals", "init_with_shutdown_signals", "run_node", "spin_until_shutdown"]
 
 DRAIN_S = 2.0  # at most this long to send the answers of calls finished by prepare_shutdown
+# then spin this long more: a call counts as answered when its callback returns the response, but the
+# executor sends it after that (on another thread) and DDS may need a heartbeat (20 ms) to repair a
+# lost packet; destroying the service at once lost the answer now and then under load
+LINGER_S = 0.3
 
 
 class ShutdownSignals:
@@ -88,6 +92,9 @@ def spin_until_shutdown(node: Node, executor: Executor, signals: Optional[Shutdo
                 prepare()  # stop generating; waiting calls get their answers
                 deadline = time.monotonic() + DRAIN_S
                 while context.ok() and time.monotonic() < deadline and getattr(node, "calls_in_flight", 0):
+                    executor.spin_once(timeout_sec=0.05)
+                linger = time.monotonic() + LINGER_S
+                while context.ok() and time.monotonic() < linger:
                     executor.spin_once(timeout_sec=0.05)
             executor.shutdown()
             node.destroy_node()
