@@ -95,8 +95,9 @@ def collect(args) -> None:
         print(f"  {oi + 1}/{len(chosen)} {oid} ({time.time() - t0:.0f} s)", flush=True)
 
 
-def load(out: str, gen, variants: list[dict] | None = None) -> dict[str, list[dict]]:
-    """Per cloud type, one dict per cloud: metrics and every term / feature recomputed now."""
+def load(out: str, gen, variants: list[dict] | None = None, gravity: bool = True) -> dict[str, list[dict]]:
+    """Per cloud type, one dict per cloud: metrics and every term / feature recomputed now (with the
+    simulator's gravity direction, +y of the input frame, unless ``gravity`` is False)."""
     import torch
 
     from dataclasses import replace
@@ -121,10 +122,12 @@ def load(out: str, gen, variants: list[dict] | None = None) -> dict[str, list[di
                                    keypoints=(hand_out.keypoints - centre) @ rotation.T)
                 prior = torch.from_numpy(z[f"{view}_prior"]).float()
                 graph = gen._graph_score_of(prior, pts, hand_out)
+                # the simulator pulls along +y of the input frame: R[:, 1] in the model frame
+                g = rotation[:, 1].unsqueeze(0) if gravity else None
                 score, terms = gen.score_candidates(pts, CloudSurface(pts), hand_out.vertices, hand_out.keypoints,
-                                                    graph)
+                                                    graph, g)
             rec = {"object": path.stem, "view": view, "pen": z[f"{view}_pen"], "disp": z[f"{view}_disp"],
-                   "contact": z[f"{view}_contact"], "score": score.numpy(), "stored_score": z[f"{view}_score"]}
+                   "touches": z[f"{view}_contact"], "score": score.numpy(), "stored_score": z[f"{view}_score"]}
             rec.update({k: v.numpy() for k, v in terms.items() if v.dim() == 1})
             for var in variants or []:  # the features with other settings (StabilityWeights fields)
                 qw = replace(gen.quality_weights, stability_model=replace(gen.quality_weights.stability_model, **var))
@@ -133,14 +136,6 @@ def load(out: str, gen, variants: list[dict] | None = None) -> dict[str, list[di
                                           None, qw)
                 tag = ",".join(f"{k}={v:g}" for k, v in var.items())
                 rec.update({f"{k}@{tag}": v.numpy() for k, v in other.items() if k.startswith("f_")})
-            # gravity-aware diagnostic (the simulator pulls along +y; the node does not know gravity):
-            # the best contact's outward normal along +y, i.e. a contact under the object
-            with torch.no_grad():
-                vv = hand_out.vertices[:, ::2]
-                sd, _, nrm = CloudSurface(pts).signed_distance(vv.reshape(1, -1, 3))
-                sd, nrm = sd.reshape(vv.shape[:2]), nrm.reshape(*vv.shape[:2], 3)
-                ny = torch.where(sd < 0.005, nrm[..., 1], torch.full_like(sd, -1.0))
-                rec["g_support"] = ny.max(dim=1).values.numpy()
             data[view].append(rec)
     return data
 
@@ -177,13 +172,18 @@ def kept_quality(clouds: list[dict], key, keep: int) -> tuple[float, float, floa
     return p, d, Q_WEIGHTS[0] * p + Q_WEIGHTS[1] * d
 
 
+def _features(c: dict, names: list[str]) -> np.ndarray:
+    """[candidates, features] of one cloud: the stability features (``f_<name>``) or a diagnostic column."""
+    return np.stack([c[f"f_{n}"] if f"f_{n}" in c else c[n] for n in names], 1)
+
+
 def fit_fall(clouds: list[dict], names: list[str], threshold_cm: float, c_reg: float = 1.0):
     """Logistic regression of "the object falls" (displacement > threshold) on standardised features.
 
     -> (mean, std, coef, intercept) as plain numbers (no pickle: they go into ``StabilityModel``)."""
     from sklearn.linear_model import LogisticRegression
 
-    x = np.concatenate([np.stack([c[f"f_{n}"] for n in names], 1) for c in clouds]).astype(np.float64)
+    x = np.concatenate([_features(c, names) for c in clouds]).astype(np.float64)
     y = np.concatenate([c["disp"] > threshold_cm for c in clouds])
     mean, std = x.mean(0), x.std(0) + 1e-9
     m = LogisticRegression(C=c_reg, max_iter=5000).fit((x - mean) / std, y)
@@ -192,7 +192,7 @@ def fit_fall(clouds: list[dict], names: list[str], threshold_cm: float, c_reg: f
 
 def fall_probability(c: dict, names: list[str], model) -> np.ndarray:
     mean, std, coef, icpt = model
-    x = (np.stack([c[f"f_{n}"] for n in names], 1) - mean) / std
+    x = (_features(c, names) - mean) / std
     return 1.0 / (1.0 + np.exp(-(x @ coef + icpt)))
 
 
@@ -202,11 +202,11 @@ def analyse(args) -> None:
     gen = _generator()
     variants = [{k: float(v) for k, v in (kv.split("=") for kv in var.split(","))}
                 for var in args.variants.split(";") if var]
-    data = load(args.out, gen, variants)
+    data = load(args.out, gen, variants, gravity=not args.no_gravity)
     n_obj = len(data["full"])
     print(f"{n_obj} objects, {len(data['full'][0]['pen']) if n_obj else 0} candidates per cloud; keep {args.keep}")
     terms = ["score", "prior", "penetration", "contact", "closure", "digits", "stability"] + \
-        [f"f_{n}" for n in FEATURE_NAMES] + ["g_support"] + \
+        [f"f_{n}" for n in FEATURE_NAMES] + \
         sorted(k for k in (data["full"][0] if n_obj else {}) if "@" in k)
     print("\nSpearman within each cloud's candidates, averaged (+ = a larger value goes with a larger metric)")
     print("| term | full: vs pen. | full: vs disp. | partial: vs pen. | partial: vs disp. | full: disp. given pen. "
@@ -258,14 +258,35 @@ def _subset(c: dict, idx: np.ndarray) -> dict:
     return {k: (v[idx] if isinstance(v, np.ndarray) and v.shape[:1] == (n,) else v) for k, v in c.items()}
 
 
+def _kept_with(data: dict[str, list[dict]], fall: dict[int, np.ndarray], keep: int, **weights: float) -> list[str]:
+    """Kept quality per view when each cloud's candidates are ranked by ``combine_terms`` with the
+    code's ``QualityWeights`` changed by ``weights`` and the stability term replaced by ``fall``."""
+    import torch
+
+    from dataclasses import replace
+
+    from dvqvae_model.pipeline.grasp_quality import QualityWeights, combine_terms
+
+    qw = replace(QualityWeights(), **weights)
+    cells = []
+    for view in ("full", "partial"):
+        def key(c: dict) -> np.ndarray:
+            t = {k: torch.from_numpy(np.asarray(c[k], np.float32)) for k in
+                 ("penetration", "contact", "closure", "digits", "one_sidedness")}
+            t["stability"] = torch.from_numpy(fall[id(c)].astype(np.float32))
+            return combine_terms(torch.from_numpy(np.asarray(c["prior"], np.float32)), t, qw).numpy()
+        p, d, q = kept_quality(data[view], key, keep)
+        touching = np.mean([np.asarray(c["touches"])[np.argsort(-key(c), kind="stable")[:keep]] for c in data[view]])
+        cells.append(f"{view} {p:5.2f} / {d:4.2f} / {q:4.2f} ({100 * touching:.1f} %)")
+    return cells
+
+
 def fit(data: dict[str, list[dict]], args) -> None:
-    """Fit the fall model and the stability weight; 5-fold cross-validation over objects."""
+    """Fit the fall model and the ranking's weights; 5-fold cross-validation over objects."""
     names = [n for n in args.features.split(",") if n]
     objects = sorted({c["object"] for c in data["full"]})
     fold = {o: i % 5 for i, o in enumerate(objects)}
     clouds = data["full"] + data["partial"]
-    weights = [0.0, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0]
-    base_w = float(getattr(_generator().quality_weights, "stability", 0.0))
     held_out: dict[int, np.ndarray] = {}
     for k in range(5):
         model = fit_fall([c for c in clouds if fold[c["object"]] != k], names, args.fall_cm)
@@ -277,15 +298,14 @@ def fit(data: dict[str, list[dict]], args) -> None:
         sp = np.nanmean([spearman(held_out[id(c)], c["disp"]) for c in data[view]])
         spp = np.nanmean([spearman(held_out[id(c)], c["pen"]) for c in data[view]])
         print(f"  {view}: Spearman of the held-out fall probability vs displacement {sp:+.2f}, vs penetration {spp:+.2f}")
-    print(f"  best {args.keep} per cloud by score - w * P(fall) (held-out P; score without a stability term, "
-          f"i.e. the code's score + {base_w:g} * its own stability term): pen. cm^3 / disp. cm / Q")
-    for wt in weights:
-        cells = []
-        for view in ("full", "partial"):
-            p, d, q = kept_quality(data[view], lambda c: c["score"] + base_w * c["stability"] - wt * held_out[id(c)],
-                                   args.keep)
-            cells.append(f"{view} {p:5.2f} / {d:4.2f} / {q:4.2f}")
-        print(f"    w {wt:4g}: " + "   ".join(cells))
+    print(f"  best {args.keep} per cloud by the code's score (combine_terms) with this held-out fall probability as "
+          f"its stability term, one setting changed at a time: pen. cm^3 / disp. cm / Q (contact %)")
+    print("    code's weights: " + "   ".join(_kept_with(data, held_out, args.keep)))
+    for spec in (s for s in args.sweep.split(";") if s):
+        field_name, values = spec.split("=")
+        for value in values.split(","):
+            cells = _kept_with(data, held_out, args.keep, **{field_name: float(value)})
+            print(f"    {field_name}={value}: " + "   ".join(cells))
     mean, std, coef, icpt = fit_fall(clouds, names, args.fall_cm)
     print("  fitted on all validation candidates (paste into StabilityModel):")
     print(f"    features={tuple(names)!r},\n    mean={tuple(round(float(x), 5) for x in mean)!r},\n"
@@ -305,10 +325,14 @@ def main(argv=None) -> int:
     ap.add_argument("--pitch-mm", type=float, default=1.0)
     ap.add_argument("--out", required=True)
     ap.add_argument("--fit", action="store_true")
+    ap.add_argument("--no-gravity", action="store_true", help="score as a caller that does not know gravity")
     ap.add_argument("--subsets", default="", help="e.g. 16,32,64: the kept quality with N of the collected candidates")
     ap.add_argument("--variants", default="", help="feature settings to try too, e.g. 'mu=0.5;max_depth_mm=3'")
     ap.add_argument("--features", default="cone_eps,balance,span")
     ap.add_argument("--fall-cm", type=float, default=2.0, help="the fall model's threshold of displacement")
+    ap.add_argument("--sweep", default="stability=10,20,30,40;stability_max_penetration=3,5,8;"
+                    "one_sided_penetration_scale=1,2,4",
+                    help="QualityWeights fields to vary one at a time with --fit: 'field=v1,v2;field=...'")
     args = ap.parse_args(argv)
     import torch
 

@@ -132,6 +132,7 @@ def generation_options(args: argparse.Namespace) -> dict[str, Any]:
     from dvqvae_model.pipeline.refine import RefineConfig
 
     return {"candidates": args.candidates, "ranking": not args.raw, "refine": args.refine and not args.raw,
+            "gravity": tuple(args.gravity),
             "refine_config": RefineConfig(steps=args.refine_steps, max_time_s=args.refine_time_ms / 1000.0)}
 
 
@@ -183,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--candidates", type=int, default=DEFAULTS.candidates,
                    help="grasps sampled and ranked, the best --num-grasps kept (default: the node's)")
     g.add_argument("--raw", action="store_true", help="the raw path: no ranking, no refinement")
+    g.add_argument("--gravity", type=float, nargs=3, default=DEFAULTS.gravity, metavar=("X", "Y", "Z"),
+                   help="the direction gravity pulls in, in the object's frame (default: +y, the simulator's and "
+                        "a camera optical frame's down; 0 0 0 = unknown)")
     g.add_argument("--refine", action=argparse.BooleanOptionalAction, default=DEFAULTS.refine,
                    help="refine the ranked grasps (default: the node's)")
     g.add_argument("--refine-steps", type=int, default=DEFAULTS.refine_steps)

@@ -110,6 +110,7 @@ def generator_options(params: GraspNodeParameters) -> dict[str, Any]:
         "refine": params.refine,
         "ranking": params.ranking,
         "candidates": params.candidates,
+        "gravity": params.gravity,
         "refine_config": refine_config(params.sampling),
         "crop_box": params.crop_box or None,
         "crop_radius": params.crop_radius or None,
@@ -350,6 +351,7 @@ class GraspGeneratorNode(Node):
         if hasattr(self.generator, "ranking"):
             self.generator.ranking = settings.ranking
             self.generator.candidates = settings.candidates
+            self.generator.gravity = settings.gravity
             self.generator.refine_config = refine_config(settings, getattr(self.generator, "refine_config", None))
         return self.generator.generate(points, settings.num_grasps, temperature=settings.temperature,
                                        top_k=settings.top_k_or_none, seed=settings.seed_or_none)

@@ -160,6 +160,16 @@ def _crop_box(value: Any) -> tuple[float, ...]:
     return box
 
 
+def _gravity(value: Any) -> tuple[float, float, float]:
+    if isinstance(value, (bytes, str)) or value is None or not hasattr(value, "__len__"):
+        raise ValueError(f"must be 3 numbers [x, y, z] (the direction gravity pulls in; [0, 0, 0] = unknown), got {value!r}")
+    vals = list(value)
+    if len(vals) != 3 or not all(_is_number(v) and math.isfinite(float(v)) for v in vals):
+        raise ValueError(f"must be 3 finite numbers [x, y, z] (the direction gravity pulls in; [0, 0, 0] = unknown), "
+                         f"got {vals!r}")
+    return tuple(float(v) for v in vals)  # type: ignore[return-value]
+
+
 def _param(default: Any, description: str, check: Checker, *, dynamic: bool = False) -> Any:
     meta = {"description": description, "check": check, "dynamic": dynamic}
     if isinstance(default, (list, tuple)):
@@ -200,6 +210,10 @@ class GraspNodeParameters:
     ranking: bool = _param(
         DEFAULTS.ranking, "rank candidates by penetration, contact, force closure and prior (false: the raw path, "
         "num_grasps sampled and published as the model ranks them, no refinement)", _boolean, dynamic=True)
+    gravity: tuple = _param(
+        DEFAULTS.gravity, "the direction gravity pulls in, in the cloud's frame (any length): the ranking prefers "
+        "grasps whose contacts carry the object's weight. [0, 1, 0] = down in a camera optical frame (y down); "
+        "a z-up robot frame needs [0, 0, -1]; [0, 0, 0] = unknown", _gravity, dynamic=True)
     temperature: float = _param(1.0, "prior sampling temperature (0 = most likely tokens), 0..10",
                                 _real(0.0, 10.0), dynamic=True)
     top_k: int = _param(0, "sample hand tokens among the k most likely codes (0 = all)",
@@ -258,7 +272,7 @@ class GraspNodeParameters:
         return SamplingSettings(num_grasps=self.num_grasps, temperature=self.temperature, top_k=self.top_k,
                                 seed=self.seed, refine=self.refine, max_rate_hz=self.max_rate_hz,
                                 candidates=self.candidates, ranking=self.ranking, refine_steps=self.refine_steps,
-                                refine_time_ms=self.refine_time_ms)
+                                refine_time_ms=self.refine_time_ms, gravity=self.gravity)
 
 
 def _zero_or_range(value: Any, lo: int, hi: int) -> int:
@@ -281,6 +295,7 @@ class SamplingSettings:
     ranking: bool = DEFAULTS.ranking
     refine_steps: int = DEFAULTS.refine_steps
     refine_time_ms: float = DEFAULTS.refine_time_ms
+    gravity: tuple = DEFAULTS.gravity
 
     @property
     def top_k_or_none(self) -> int | None:

@@ -244,6 +244,7 @@ def test_published_grasps_are_ranked_and_refined(harness) -> None:
     untrained model puts every hand inside the object's centre).
     """
     from dvqvae_model.checkpoint import DEFAULT_MODEL_DIR
+    from dvqvae_model.pipeline.defaults import DEFAULTS
     from dvqvae_model.pipeline.generator import GraspGenerator
     from dvqvae_model.pipeline.refine import RefineConfig
 
@@ -261,10 +262,18 @@ def test_published_grasps_are_ranked_and_refined(harness) -> None:
 
     ranked, ranked_scores = published(1)
     # every candidate of this seed, scored the same way, offline
-    offline = GraspGenerator.from_checkpoint(checkpoint, ranking=True, refine=False)
+    offline = GraspGenerator.from_checkpoint(checkpoint, ranking=True, refine=False, gravity=DEFAULTS.gravity)
     every = offline.generate(cloud, c, seed=seed, candidates=c)
     np.testing.assert_allclose(ranked, every.params[:k], atol=1e-5)  # the K best of the C, best first
     np.testing.assert_allclose(ranked_scores[:, 0], every.scores[:k], atol=1e-4)
+    # the gravity parameter reaches the ranking (the cloud's frame: the box lies in x, y; z is its height)
+    assert all(r.successful for r in h.node.set_parameters([Parameter("gravity", value=[0.0, 0.0, -2.0])]))
+    down, down_scores = published(2)
+    other = offline.generate(cloud, c, seed=seed, candidates=c, gravity=(0.0, 0.0, -1.0))
+    np.testing.assert_allclose(down_scores[:, 0], other.scores[:k], atol=1e-4)
+    np.testing.assert_allclose(down, other.params[:k], atol=1e-5)
+    assert not np.allclose(down_scores[:, 0], ranked_scores[:, 0], atol=1e-3), "gravity changed no score"
+    assert all(r.successful for r in h.node.set_parameters([Parameter("gravity", value=list(DEFAULTS.gravity))]))
     raw = GraspGenerator.from_checkpoint(checkpoint).generate(cloud, k, seed=seed)  # the first K sampled
     assert not np.allclose(np.sort(raw.params, axis=0), np.sort(ranked, axis=0), atol=1e-5), \
         "the published grasps are the raw samples: nothing was ranked"
@@ -272,7 +281,7 @@ def test_published_grasps_are_ranked_and_refined(harness) -> None:
     ok = h.node.set_parameters([Parameter("refine", value=True), Parameter("refine_steps", value=10),
                                 Parameter("refine_time_ms", value=60_000.0)])
     assert all(r.successful for r in ok)
-    refined, refined_scores = published(2)
+    refined, refined_scores = published(3)
     assert not np.allclose(refined, ranked, atol=1e-6), "refine=true changed nothing in the published grasps"
     # a refined grasp replaces its sample only when it scores better: the sorted scores only rise
     assert np.all(refined_scores[:, 0] >= ranked_scores[:, 0] - 1e-4)
@@ -280,7 +289,7 @@ def test_published_grasps_are_ranked_and_refined(harness) -> None:
     assert isinstance(h.node.generator.refine_config, RefineConfig) and h.node.generator.refine_config.steps == 10
 
     assert all(r.successful for r in h.node.set_parameters([Parameter("ranking", value=False)]))
-    raw_pub, raw_scores = published(3)
+    raw_pub, raw_scores = published(4)
     np.testing.assert_allclose(raw_pub, raw.params, atol=1e-5)  # the raw path is still there
     assert np.isnan(raw_scores[:, 1:]).all() and np.all(np.diff(raw_scores[:, 0]) <= 0)
 

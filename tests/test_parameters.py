@@ -38,8 +38,17 @@ def test_defaults_are_valid() -> None:
 def test_dynamic_parameters_are_the_sampling_ones() -> None:
     assert dynamic_parameter_names(GraspNodeParameters) == {
         "num_grasps", "temperature", "top_k", "seed", "refine", "max_rate_hz", "candidates", "ranking",
-        "refine_steps", "refine_time_ms"}
+        "refine_steps", "refine_time_ms", "gravity"}
     assert dynamic_parameter_names(FakeCameraParameters) == frozenset()
+
+
+def test_gravity_is_a_direction_or_unknown() -> None:
+    assert check_parameters(GraspNodeParameters, {}).gravity == (0.0, 1.0, 0.0)
+    assert check_parameters(GraspNodeParameters, {"gravity": [0, 0, -9.8]}).gravity == (0.0, 0.0, -9.8)
+    assert check_parameters(GraspNodeParameters, {"gravity": [0.0, 0.0, 0.0]}).gravity == (0.0, 0.0, 0.0)
+    for bad in ([0.0, 1.0], "down", [0.0, float("nan"), 1.0], None):
+        with pytest.raises(ParameterError, match="gravity"):
+            check_parameters(GraspNodeParameters, {"gravity": bad})
 
 
 @pytest.mark.parametrize("value", [0, 257, -3, 8.5, "8", True, None])

@@ -327,3 +327,19 @@ def test_ranking_graph_skips_geometry_and_the_raw_path_still_has_it(hand, scene,
     c, d = ranked.generate(cloud, 4, seed=5), raw.generate(cloud, 4, seed=5)
     np.testing.assert_allclose(c.params, d.params, atol=1e-5)
     np.testing.assert_allclose(c.scores, d.scores, atol=1e-4)
+
+
+def test_gravity_is_taken_into_the_model_frame() -> None:
+    """The caller's gravity (input frame, any length) reaches the ranking as a unit vector in each cloud's
+    model frame (model = R (input - centre)); zero or None means unknown; anything else is refused."""
+    from types import SimpleNamespace
+
+    q, _ = np.linalg.qr(np.random.default_rng(3).normal(size=(3, 3)))
+    prepared = [SimpleNamespace(rotation=np.eye(3)), SimpleNamespace(rotation=q)]
+    g = GraspGenerator._model_frame_gravity((0.0, 9.8, 0.0), prepared)
+    np.testing.assert_allclose(g.numpy(), np.stack([[0.0, 1.0, 0.0], q[:, 1]]), atol=1e-6)
+    assert GraspGenerator._model_frame_gravity(None, prepared) is None
+    assert GraspGenerator._model_frame_gravity((0.0, 0.0, 0.0), prepared) is None
+    for bad in ((0.0, 1.0), (0.0, float("inf"), 0.0)):
+        with pytest.raises(ValueError, match="gravity"):
+            GraspGenerator._model_frame_gravity(bad, prepared)

@@ -64,11 +64,13 @@ def wrap(hand):
     return sphere, cloud, torch.from_numpy(params)
 
 
-def terms_of(hand, params: torch.Tensor, cloud: np.ndarray, weights: QualityWeights | None = None):
+def terms_of(hand, params: torch.Tensor, cloud: np.ndarray, weights: QualityWeights | None = None,
+             gravity=None):
     with torch.no_grad():
         out = hand.from_params(params)
+        g = torch.tensor(gravity, dtype=torch.float32)[None] if gravity is not None else None
         terms = quality_terms(CloudSurface(torch.from_numpy(cloud)[None]), out.vertices, hand.part_ids,
-                              vertex_areas(hand.rest().vertices[0], hand.faces), None, weights)
+                              vertex_areas(hand.rest().vertices[0], hand.faces), None, weights, gravity=g)
         score = combine_terms(torch.zeros(len(params)), terms, weights)
     return score.numpy(), {k: v.numpy() for k, v in terms.items() if v.dim() == 1}
 
@@ -114,9 +116,11 @@ def test_stability_is_finite_on_partial_and_degenerate_clouds(hand, wrap) -> Non
     cases = {"partial": (params, partial), "no contact": (far, cloud), "few points": (params, few),
              "line": (params, line)}
     for name, (p, c) in cases.items():
-        _, t = terms_of(hand, p, c)
+        _, t = terms_of(hand, p, c, gravity=(0.0, 1.0, 0.0))
         for key in ["stability"] + [f"f_{n}" for n in FEATURE_NAMES]:
             assert np.all(np.isfinite(t[key])), (name, key, t[key])
+        _, t = terms_of(hand, p, c)  # gravity unknown: its features are NaN, the term is not
+        assert np.isnan(t["f_g_resist"]).all() and np.all(np.isfinite(t["stability"])), (name, t["stability"])
         assert np.all((t["stability"] >= 0.0) & (t["stability"] <= 1.0)), (name, t["stability"])
     _, t_far = terms_of(hand, far, cloud)
     _, t_wrap = terms_of(hand, params, cloud)
@@ -134,3 +138,52 @@ def test_stability_model_checks_its_numbers() -> None:
     d = sphere_directions(48)
     assert torch.allclose(d.norm(dim=1), torch.ones(48), atol=1e-5)
     assert d.mean(0).norm() < 0.05  # spread over the sphere, not one side
+
+
+def test_gravity_features_know_which_way_the_object_falls(hand, wrap) -> None:
+    """The flat hand touching the sphere on one side carries it when gravity pulls the sphere into the
+    palm and not when gravity pulls it away (the simulator agrees); g_resist and the fall term say so,
+    and over the six axis directions g_resist ranks the flat hand's holds as the simulator does."""
+    from dvqvae_training.synthesis.physics import GraspSimulator
+
+    sphere, cloud, params = wrap
+    with torch.no_grad():
+        v = hand.from_params(params).vertices.numpy()
+    nearest = v[1][np.argmin(np.linalg.norm(v[1] - sphere.centroid, axis=1))]
+    into_palm = (nearest - sphere.centroid) / np.linalg.norm(nearest - sphere.centroid)  # sphere -> hand
+    with GraspSimulator(sphere) as sim:
+        held = sim.displacement(v[1], hand.faces.numpy(), gravity=9.8 * into_palm) * 100.0
+        falls = sim.displacement(v[1], hand.faces.numpy(), gravity=-9.8 * into_palm) * 100.0
+    assert held < 1.0 < 3.0 < falls, (held, falls)  # the fixture is what it says
+    _, t_in = terms_of(hand, params, cloud, gravity=tuple(into_palm))
+    _, t_out = terms_of(hand, params, cloud, gravity=tuple(-into_palm))
+    assert t_in["f_g_resist"][1] < 0.3 < 0.9 < t_out["f_g_resist"][1], (t_in["f_g_resist"], t_out["f_g_resist"])
+    assert t_in["f_g_support"][1] > 0.5 > t_out["f_g_support"][1]
+    # over the six axis directions of gravity, g_resist orders the flat hand's holds as the simulator does
+    from scipy.stats import spearmanr
+
+    axes = np.concatenate([np.eye(3), -np.eye(3)])
+    with GraspSimulator(sphere) as sim:
+        disp = np.array([[sim.displacement(v[h], hand.faces.numpy(), gravity=9.8 * g) for g in axes] for h in (0, 1)])
+    resist = np.array([terms_of(hand, params, cloud, gravity=tuple(g))[1]["f_g_resist"] for g in axes]).T
+    assert spearmanr(resist[1], disp[1])[0] > 0.7, (resist[1], disp[1])
+    assert np.all(resist[0] <= resist[1] + 1e-6), resist  # the wrap carries it wherever the flat hand does
+    model = StabilityModel()
+    if "g_resist" in model.features:  # the bundled fall model uses it: the term follows
+        assert t_in["stability"][1] < t_out["stability"][1] - 0.05, (t_in["stability"], t_out["stability"])
+
+
+def test_cone_min_residual_solves_small_cases() -> None:
+    """A load inside the cone of the contact wrenches leaves no residual; one outside leaves its
+    distance to the cone; inactive rows (NaN allowed) take no part."""
+    from dvqvae_model.pipeline.force_closure import cone_min_residual
+
+    e = torch.eye(6)
+    W = torch.stack([torch.stack([e[0], e[1], e[2]]), torch.stack([e[0], e[1], torch.full((6,), float("nan"))])])
+    active = torch.tensor([[True, True, True], [True, True, False]])
+    b = torch.tensor([[-1.0, -2.0, -0.5, 0, 0, 0], [-1.0, 0.0, -0.5, 0, 0, 0]])
+    r = cone_min_residual(W, b, active)
+    np.testing.assert_allclose(r.numpy(), [0.0, 0.5], atol=1e-6)  # the second cannot push along z
+    assert cone_min_residual(W, -b, active)[0] > 2.2  # pulling the other way: nothing resists
+    none = torch.zeros(2, 3, dtype=torch.bool)  # no contact: the whole load is left
+    np.testing.assert_allclose(cone_min_residual(W, b, none).numpy(), b.norm(dim=1).numpy(), atol=1e-6)

@@ -21,13 +21,18 @@ class GenerationDefaults:
     refine_steps: int = 20
     refine_time_ms: float = 60.0  # wall-time budget of one refinement call
     refine_top: int = 0  # refine this many best grasps per cloud (0 = all kept grasps)
+    # the direction gravity pulls in, in the cloud's frame: +y is "down" in a camera's optical frame
+    # (x right, y down, z forward), the frame a depth camera publishes and the one in which the
+    # evaluation's simulator pulls (ObMan / GraspTTA protocol). (0, 0, 0): unknown. A cloud in a
+    # z-up robot frame needs (0, 0, -1).
+    gravity: tuple[float, float, float] = (0.0, 1.0, 0.0)
 
     def generator_options(self) -> dict[str, Any]:
         """``GraspGenerator`` keyword options for these settings (the node's, offline or online).
 
         (``refine.RefineConfig`` takes its defaults from here, so this module imports nothing.)"""
         return {"candidates": self.candidates, "ranking": self.ranking, "refine": self.refine,
-                "refine_steps": self.refine_steps, "refine_time_ms": self.refine_time_ms}
+                "refine_steps": self.refine_steps, "refine_time_ms": self.refine_time_ms, "gravity": self.gravity}
 
 
 DEFAULTS = GenerationDefaults()

@@ -9,15 +9,20 @@ For contact wrenches ``W [B, R, 6]`` (unit normal, torque / object scale) and th
 take part (``active [B, R]``), ``simplex_min_norm`` finds the weights ``lam`` on the simplex that
 minimise ``|sum_r lam_r W_r|^2``: zero when the origin lies in the convex hull of the wrenches
 (the contacts can balance each other), about 1 when all normals point the same way.
+
+``cone_min_residual`` asks the one-load question instead: can the contacts push back against a given
+wrench (the object's weight, ``stability``'s gravity features)? It finds ``lam >= 0`` (any
+magnitude) minimising ``|sum_r lam_r W_r + b|``: zero when the contacts can carry the load ``b``.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["project_simplex", "simplex_min_norm"]
+__all__ = ["cone_min_residual", "project_simplex", "simplex_min_norm"]
 
 
 def project_simplex(v: Tensor, active: Tensor) -> Tensor:
@@ -53,3 +58,17 @@ def simplex_min_norm(W: Tensor, active: Tensor, iters: int = 40) -> Tensor:
         y = new + ((t - 1.0) / t_new) * (new - lam)
         lam, t = new, t_new
     return lam
+
+
+def cone_min_residual(W: Tensor, b: Tensor, active: Tensor) -> Tensor:
+    """min over lam >= 0 (on active rows) of |sum_r lam_r W_r + b|, batched: W [B,R,6], b [B,6] -> [B].
+
+    Exact (scipy's active-set NNLS per hand, ~20 us for 24 rows: projected gradient needed thousands
+    of steps on ill-conditioned hands); not differentiable. Hands without an active row keep |b|.
+    """
+    from scipy.optimize import nnls
+
+    w = torch.where(active.unsqueeze(-1), W, torch.zeros_like(W)).detach().double().cpu().numpy()  # NaN rows out
+    rhs = (-b).detach().double().cpu().numpy()
+    out = [nnls(w[i].T, rhs[i])[1] if active[i].any() else float(np.linalg.norm(rhs[i])) for i in range(len(w))]
+    return torch.tensor(out, dtype=W.dtype, device=W.device)

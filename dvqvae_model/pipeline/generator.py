@@ -101,6 +101,7 @@ class GraspGenerator:
         refine_config: Optional[RefineConfig] = None,
         candidates: int = 0,
         ranking: bool = False,
+        gravity: Optional[Sequence[float]] = None,
         quality_weights: Optional[QualityWeights] = None,
         score_weights: Optional[ScoreWeights] = None,
         num_score_points: int = 128,
@@ -132,6 +133,9 @@ class GraspGenerator:
             self.refine_config.max_time_s = float(refine_time_ms) / 1000.0
         self.candidates = int(candidates)  # sampled per object before ranking; < num_grasps = num_grasps
         self.ranking = bool(ranking)
+        # the direction gravity pulls in, in the input cloud's frame (None or zero: unknown); the
+        # ranking's stability term asks whether the contacts can carry the object's weight
+        self.gravity = gravity
         self.quality_weights = quality_weights or QualityWeights()
         # ranking measures penetration and contact itself (score_candidates): the graph then scores by
         # the prior alone instead of computing the same geometry a second time
@@ -250,23 +254,27 @@ class GraspGenerator:
         return max(int(num_grasps), c)
 
     def generate(self, points: Any, num_grasps: int, *, temperature: float = 1.0, top_k: Optional[int] = None,
-                 seed: Optional[int] = None, candidates: Optional[int] = None) -> GraspSet:
+                 seed: Optional[int] = None, candidates: Optional[int] = None,
+                 gravity: Optional[Sequence[float]] = None) -> GraspSet:
         """Sample ``num_grasps`` grasps for the object cloud ``points [N, 3]`` (N >= 64, any frame).
 
         Same ``seed`` -> same grasps; ``seed=None`` draws a fresh one (stored in ``GraspSet.seed``).
         ``temperature`` 0 is greedy (DVQ-VAE) / the latent mean (CVAE); ``top_k`` truncates the
-        prior (DVQ-VAE only).
+        prior (DVQ-VAE only). ``gravity``: the direction gravity pulls in, in the frame of ``points``
+        (default: the generator's; zero: unknown).
         """
         return self.generate_batch([points], num_grasps, temperature=temperature, top_k=top_k,
-                                   seeds=[seed] if seed is not None else None, candidates=candidates)[0]
+                                   seeds=[seed] if seed is not None else None, candidates=candidates,
+                                   gravity=gravity)[0]
 
     def generate_batch(self, clouds: Sequence[Any], num_grasps: int, *, temperature: float = 1.0,
                        top_k: Optional[int] = None,
                        seeds: Union[None, int, Sequence[Optional[int]]] = None,
-                       candidates: Optional[int] = None) -> list[GraspSet]:
+                       candidates: Optional[int] = None, gravity: Optional[Sequence[float]] = None) -> list[GraspSet]:
         """Grasps for several objects in one batched pass; equal to per-object ``generate`` calls
         with the same seeds. ``seeds``: None (fresh), an int (object i gets ``seed + i``) or a list.
         ``candidates``: grasps sampled per object before ranking (default: the generator's).
+        ``gravity``: the direction gravity pulls in, the same for every cloud (default: the generator's).
         """
         self._check_args(num_grasps, temperature, top_k)
         if len(clouds) == 0:
@@ -293,7 +301,8 @@ class GraspGenerator:
         if self.ranking or self.refine:  # refinement needs the cloud surface and the scores too
             with torch.no_grad():
                 surface = CloudSurface(points)
-                scores, terms = self.score_candidates(points, surface, vertices, keypoints, scores)
+                g = self._model_frame_gravity(self.gravity if gravity is None else gravity, prepared)
+                scores, terms = self.score_candidates(points, surface, vertices, keypoints, scores, g)
                 keep = self._best_per_object(scores, len(prepared), c, k)
                 params, vertices, keypoints, scores = (x[keep] for x in (params, vertices, keypoints, scores))
                 terms = {name: v[keep] for name, v in terms.items()}
@@ -305,7 +314,7 @@ class GraspGenerator:
         t2r = time.perf_counter()
         if self.refine:
             params, vertices, keypoints, scores, terms = self._refine(points, surface, params, vertices, keypoints,
-                                                                      scores, terms)
+                                                                      scores, terms, g)
         t3 = time.perf_counter()
 
         joint_idx = self._joint_index.to(keypoints.device)
@@ -345,6 +354,21 @@ class GraspGenerator:
             gs.timing = dict(timing)
         return out
 
+    @staticmethod
+    def _model_frame_gravity(gravity: Optional[Sequence[float]], prepared: Sequence[Any]) -> Optional[Tensor]:
+        """Unit gravity direction per object in the model frame [B, 3] (the clouds' rotations
+        applied), or None when unknown (None or a zero vector)."""
+        if gravity is None:
+            return None
+        g = np.asarray(gravity, dtype=np.float64).reshape(-1)
+        if g.shape != (3,) or not np.all(np.isfinite(g)):
+            raise ValueError(f"gravity must be 3 finite numbers (a direction), got {gravity!r}")
+        norm = float(np.linalg.norm(g))
+        if norm < 1e-9:
+            return None
+        rows = [np.asarray(p.rotation, dtype=np.float64) @ (g / norm) for p in prepared]  # model = R (x - c)
+        return torch.from_numpy(np.stack(rows)).float()
+
     def _params_to_input_frame(self, params: np.ndarray, prep: Any) -> tuple[np.ndarray, Any]:
         """MANO parameters [K, 61] moved from the model's frame to the input frame, and the point map."""
         centre = np.asarray(prep.centre, dtype=np.float64)
@@ -362,8 +386,9 @@ class GraspGenerator:
 
     # ------------------------------------------------------------------ ranking and refinement
     def score_candidates(self, points: Tensor, surface: CloudSurface, vertices: Tensor, keypoints: Tensor,
-                         graph_scores: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """(score [B*K], terms) of hands against their centred clouds ``points [B, N, 3]``.
+                         graph_scores: Tensor, gravity: Optional[Tensor] = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """(score [B*K], terms) of hands against their centred clouds ``points [B, N, 3]``; ``gravity
+        [B, 3]`` in the model frame (``_model_frame_gravity``) or None.
 
         The prior term is recovered from the graph's score (which is prior minus its own cheap
         geometric terms), so the exported graph stays as it is.
@@ -373,7 +398,7 @@ class GraspGenerator:
         sw = scorer.weights
         prior = (graph_scores + sw.penetration * obj_in_hand + sw.contact * tip_contact) / max(sw.prior, 1e-9)
         terms = quality_terms(surface, vertices, self.hand.part_ids, self._vertex_areas, obj_in_hand,
-                              self.quality_weights)
+                              self.quality_weights, gravity=gravity)
         terms["prior"] = prior
         return combine_terms(prior, terms, self.quality_weights), terms
 
@@ -387,7 +412,8 @@ class GraspGenerator:
         return (top + base).reshape(-1)
 
     def _refine(self, points: Tensor, surface: CloudSurface, params: Tensor, vertices: Tensor, keypoints: Tensor,
-                scores: Tensor, terms: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+                scores: Tensor, terms: dict[str, Tensor],
+                gravity: Optional[Tensor] = None) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """Refine the best ``refine_config.top`` grasps of each object in the centred frame, then re-score.
 
         A refined grasp replaces its sample only if its score rose and its penetration did not
@@ -408,7 +434,7 @@ class GraspGenerator:
             out = self.hand.from_params(refined)
             # score against the same surfaces; objects are grouped, so score per object slice
             new_scores, new_terms = self.score_candidates(points, surface, out.vertices, out.keypoints,
-                                                          self._graph_score_of(terms["prior"][sel], points, out))
+                                                          self._graph_score_of(terms["prior"][sel], points, out), gravity)
             better = (new_scores > scores[sel]) & (new_terms["penetration"] <= terms["penetration"][sel] + 1e-6)
             params, vertices, keypoints, scores = params.clone(), vertices.clone(), keypoints.clone(), scores.clone()
             params[sel] = torch.where(better.unsqueeze(1), refined, params[sel])

@@ -76,9 +76,10 @@ class QualityWeights:
     contact_mm: float = 5.0  # a part touches when its closest vertex is this close (or inside)
     obj_in_hand_scale: float = 0.5  # cm of object point depth inside the hand -> penetration units
     # weight of the stability term (the fall probability, stability.py): it can outweigh at most this
-    # much penetration (cm^3-like). 30 with 64 candidates: chosen on validation-split objects by the
-    # Q of the 8 kept (benchmarks/study_stability.py; README "Ranking and refinement")
-    stability: float = 30.0
+    # much penetration (cm^3-like). 40 with 64 candidates and gravity known: chosen on 90
+    # validation-split objects by the hold of the 8 kept (benchmarks/study_stability.py --fit --sweep;
+    # README "Ranking and refinement")
+    stability: float = 40.0
     # a grasp whose penetration term (cm^3-like) reaches this earns no hold credit (its stability
     # counts as 1, "falls"): the simulator holds objects with hands sunk into them, a user cannot
     # use such a hold, and the credit must never lift a deep grasp above a touching one
@@ -260,7 +261,7 @@ def _per_object(x: Tensor, num_objects: int) -> Tensor:
 def quality_terms(surface: CloudSurface | GridSurface, vertices: Tensor, part_ids: Tensor, areas: Tensor,
                   obj_in_hand_cm: Optional[Tensor] = None, weights: Optional[QualityWeights] = None,
                   vertex_stride: int = VERTEX_STRIDE, features: bool = True,
-                  closure_iters: int = 40) -> dict[str, Tensor]:
+                  closure_iters: int = 40, gravity: Optional[Tensor] = None) -> dict[str, Tensor]:
     """Per-grasp terms ``[B*K]`` (see module docstring) for hands ``vertices [B*K, V, 3]``.
 
     Hands ``b*K .. b*K+K-1`` belong to object ``b`` of ``surface``. Differentiable in the vertices
@@ -270,6 +271,8 @@ def quality_terms(surface: CloudSurface | GridSurface, vertices: Tensor, part_id
     ``features`` (off in refinement, whose energy has its own closure term) ``stability`` and the
     stability features ``f_<name>`` (``stability.FEATURE_NAMES``). ``closure_iters``: iterations
     of the closure weights' solver (refinement takes fewer: there the term only steers).
+    ``gravity [B, 3]``: per object the unit direction the object is pulled in (the hands' frame),
+    or None (unknown): the stability features ``g_resist`` / ``g_support`` need it.
     """
     w = weights or QualityWeights()
     if vertex_stride > 1:
@@ -313,7 +316,8 @@ def quality_terms(surface: CloudSurface | GridSurface, vertices: Tensor, part_id
         feats = stability_features(vertices, part_ids, areas, sd, normals,
                                    surface.centre.repeat_interleave(per, dim=0),
                                    surface.scale.repeat_interleave(per), surface.axes.repeat_interleave(per, dim=0),
-                                   surface.extent.repeat_interleave(per, dim=0), w.stability_model)
+                                   surface.extent.repeat_interleave(per, dim=0), w.stability_model,
+                                   gravity.repeat_interleave(per, dim=0) if gravity is not None else None)
         out["stability"] = stability_term(feats, w.stability_model)
         out.update({f"f_{k}": v for k, v in feats.items()})
     return out

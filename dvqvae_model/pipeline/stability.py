@@ -31,7 +31,19 @@ half-angle ``atan(mu)`` about ``-n``. Features per hand (``stability_features``)
   their convex hull over a fixed set of 6-D directions (> 0: the origin is inside, force
   closure; its value is the smallest wrench the grasp resists in the worst direction);
 * ``area``        cm^2 of hand surface in contact; ``parts`` number of parts (of six) touching;
-  ``fingers`` of the four fingers; ``thumb`` 0/1.
+  ``fingers`` of the four fingers; ``thumb`` 0/1;
+* ``g_resist``    0..1, needs the direction of gravity: the smallest residual of the object's
+  weight (the wrench ``[g, 0]``) after the parts' contact cones push back against it
+  (``force_closure.cone_min_residual``, the same linearised cones and arms as ``epsilon``): 0 when
+  the contacts can carry the object (a palm under it, a pinch), 1 when no contact faces the load;
+* ``g_support``   -1..1, needs gravity: the largest ``n . g`` over touching vertices (a contact
+  under the object, as gravity sees it; -1 without contact).
+
+Gravity matters because a hand that only touches the object holds it when a contact carries its
+weight, and a hand around it holds it whichever way it is pulled: with the direction known (the
+node's ``gravity`` parameter, the simulator's +y in the evaluation protocol), ``g_resist`` is the
+single best predictor of the simulated displacement among these features (README). Without it the
+two features are NaN and the fall model leaves them out (their standardised value counts as 0).
 
 ``stability_term`` (``StabilityModel``) turns a few of them into one "lower is better" term for
 the ranking score: a logistic model's probability that the object falls (moves more than 2 cm in
@@ -46,12 +58,14 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from dvqvae_model.pipeline.force_closure import cone_min_residual
+
 __all__ = ["FEATURE_NAMES", "StabilityModel", "stability_features", "stability_term", "sphere_directions"]
 
 NUM_PARTS = 6
 THUMB, PALM = 0, 5
 FEATURE_NAMES: tuple[str, ...] = ("coverage", "cone_eps", "balance", "opposition", "opposition_any", "centroid",
-                                  "span", "epsilon", "area", "parts", "fingers", "thumb")
+                                  "span", "epsilon", "area", "parts", "fingers", "thumb", "g_resist", "g_support")
 
 
 def sphere_directions(n: int) -> Tensor:
@@ -98,13 +112,14 @@ class StabilityModel:
     contact_mm: float = 5.0  # a vertex touches within this distance of the surface (or inside)
     mu: float = 1.0  # friction coefficient of the features' cones (not the simulator's)
     max_depth_mm: float = 1e3  # vertices deeper inside than this are not contacts (their normals are unreliable)
-    # fitted on the bundled model's candidates: 30 validation-split objects x (full cloud + one depth
-    # view) x 64 (benchmarks/study_stability.py analyse --fit --features cone_eps,balance,span --fall-cm 2)
-    features: tuple[str, ...] = ("cone_eps", "balance", "span")
-    mean: tuple[float, ...] = (-0.76148, 0.399, 0.71059)
-    std: tuple[float, ...] = (0.42435, 0.21709, 0.21289)
-    coef: tuple[float, ...] = (-0.53037, -0.27643, -0.37981)
-    intercept: float = -1.17473
+    # fitted on the bundled model's candidates: 90 validation-split objects x (full cloud + one depth
+    # view) x 64, gravity along the simulator's +y (benchmarks/study_stability.py analyse --fit
+    # --features cone_eps,balance,span,g_resist --fall-cm 2)
+    features: tuple[str, ...] = ("cone_eps", "balance", "span", "g_resist")
+    mean: tuple[float, ...] = (-0.72302, 0.41021, 0.71869, 0.31115)
+    std: tuple[float, ...] = (0.4141, 0.20774, 0.20034, 0.33098)
+    coef: tuple[float, ...] = (-0.46447, 0.07906, -0.35888, 0.41555)
+    intercept: float = -1.26952
     fall_cm: float = 2.0
 
     def __post_init__(self) -> None:
@@ -119,14 +134,15 @@ class StabilityModel:
 
 def stability_features(vertices: Tensor, part_ids: Tensor, areas: Tensor, sd: Tensor, normals: Tensor,
                        centre: Tensor, scale: Tensor, axes: Tensor, extent: Tensor,
-                       model: Optional[StabilityModel] = None) -> dict[str, Tensor]:
+                       model: Optional[StabilityModel] = None, gravity: Optional[Tensor] = None) -> dict[str, Tensor]:
     """Per-hand stability features ``[H]`` (module docstring).
 
     ``vertices [H, V, 3]`` (any subset of the hand's vertices), their ``part_ids [V]`` and
     ``areas [V]`` (m^2), signed distances ``sd [H, V]`` (m) and the cloud's outward normal at
     their nearest point ``normals [H, V, 3]``; per hand the object's ``centre [H, 3]``, radius
-    ``scale [H]``, principal ``axes [H, 3, 3]`` (rows) and ``extent [H, 3]`` along them.
-    Not differentiable (ranking only). Finite for hands without contacts.
+    ``scale [H]``, principal ``axes [H, 3, 3]`` (rows) and ``extent [H, 3]`` along them; ``gravity
+    [H, 3]``: the unit direction the object is pulled in, or None (unknown: the gravity features
+    are NaN). Not differentiable (ranking only). Finite for hands without contacts.
     """
     w = model or StabilityModel()
     with torch.no_grad():
@@ -179,10 +195,17 @@ def stability_features(vertices: Tensor, part_ids: Tensor, areas: Tensor, sd: Te
         epsilon = support.max(dim=1).values.min(dim=1).values.clamp(min=-2.0)
         epsilon = torch.where(has, epsilon, torch.full_like(total, -2.0))
         fingers = part_touch[:, 1:PALM].sum(1).float()
+        if gravity is not None:  # can the contacts carry the object's weight?
+            g = gravity.to(v.dtype)
+            load = torch.cat([g, torch.zeros_like(g)], dim=-1)  # the weight's wrench about the centre
+            g_resist = cone_min_residual(wrench, load, active)
+            g_support = torch.where(touch, (n * g.unsqueeze(1)).sum(-1), torch.full_like(sd, -1.0)).max(1).values
+        else:
+            g_resist = g_support = torch.full_like(total, float("nan"))
         return {"coverage": coverage, "cone_eps": cone_eps, "balance": balance, "opposition": opposition,
                 "opposition_any": opposition_any, "centroid": centroid, "span": span, "epsilon": epsilon,
                 "area": total * 1e4, "parts": part_touch.sum(1).float(), "fingers": fingers,
-                "thumb": part_touch[:, THUMB].float()}
+                "thumb": part_touch[:, THUMB].float(), "g_resist": g_resist, "g_support": g_support}
 
 
 def stability_term(features: dict[str, Tensor], model: Optional[StabilityModel] = None) -> Tensor:
@@ -191,5 +214,6 @@ def stability_term(features: dict[str, Tensor], model: Optional[StabilityModel] 
     m = model or StabilityModel()
     logit = torch.full_like(features["coverage"], float(m.intercept))
     for name, mean, std, coef in zip(m.features, m.mean, m.std, m.coef):
-        logit = logit + float(coef) * (features[name] - float(mean)) / float(std)
+        z = (features[name] - float(mean)) / float(std)
+        logit = logit + float(coef) * torch.nan_to_num(z, nan=0.0)  # NaN: unknown (gravity), neutral
     return torch.sigmoid(logit)
