@@ -46,8 +46,18 @@ def _generator():
     from dvqvae_model.pipeline.defaults import DEFAULTS
     from dvqvae_model.pipeline.generator import GraspGenerator
 
+    from dataclasses import replace
+
+    from dvqvae_model.pipeline.fall_trees import BUNDLED
+    from dvqvae_model.pipeline.grasp_quality import QualityWeights
+
     opts = {**DEFAULTS.generator_options(), "refine": False, "ranking": True}
-    return GraspGenerator.from_checkpoint(resolve_checkpoint("default", default_dir=DEFAULT_MODEL_DIR), **opts)
+    qw = QualityWeights()
+    if qw.stability_model.trees == "bundled" and not BUNDLED.exists():  # fitting the first trees: logistic meanwhile
+        print(f"# {BUNDLED} does not exist: scoring with the logistic fall model", file=sys.stderr)
+        qw = replace(qw, stability_model=replace(qw.stability_model, trees=""))
+    return GraspGenerator.from_checkpoint(resolve_checkpoint("default", default_dir=DEFAULT_MODEL_DIR),
+                                          quality_weights=qw, **opts)
 
 
 def collect(args) -> None:
@@ -306,11 +316,65 @@ def fit(data: dict[str, list[dict]], args) -> None:
         for value in values.split(","):
             cells = _kept_with(data, held_out, args.keep, **{field_name: float(value)})
             print(f"    {field_name}={value}: " + "   ".join(cells))
+    if args.gbt:
+        _compare_trees(data, clouds, fold, args)
     mean, std, coef, icpt = fit_fall(clouds, names, args.fall_cm)
     print("  fitted on all validation candidates (paste into StabilityModel):")
     print(f"    features={tuple(names)!r},\n    mean={tuple(round(float(x), 5) for x in mean)!r},\n"
           f"    std={tuple(round(float(x), 5) for x in std)!r},\n    coef={tuple(round(float(x), 5) for x in coef)!r},\n"
           f"    intercept={icpt:.5f}, fall_cm={args.fall_cm:g}")
+
+
+# which way each tree input moves the fall probability (physics): +1 more likely to fall, -1 less, 0 free
+MONOTONE = {"coverage": -1, "cone_eps": -1, "balance": -1, "opposition": -1, "opposition_any": -1, "centroid": 1,
+            "span": -1, "epsilon": -1, "area": -1, "parts": -1, "fingers": -1, "thumb": -1, "g_resist": 1,
+            "g_support": -1, "penetration": 0, "contact": 1, "closure": 1, "digits": 1, "one_sidedness": 0}
+
+
+def _tree_inputs(c: dict) -> np.ndarray:
+    from dvqvae_model.pipeline.stability import TREE_INPUTS
+
+    return np.stack([np.broadcast_to(np.asarray(c[f"f_{n}"] if f"f_{n}" in c else c[n], np.float64), c["pen"].shape)
+                     for n in TREE_INPUTS], 1)
+
+
+def _fit_trees(clouds: list[dict], fall_cm: float):
+    """Gradient-boosted trees of "the object falls" over ``TREE_INPUTS`` (100 trees of 8 leaves, monotone)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from dvqvae_model.pipeline.stability import TREE_INPUTS
+
+    m = HistGradientBoostingClassifier(max_iter=100, learning_rate=0.05, max_leaf_nodes=8, min_samples_leaf=40,
+                                       monotonic_cst=[MONOTONE[n] for n in TREE_INPUTS], random_state=0)
+    return m.fit(np.concatenate([_tree_inputs(c) for c in clouds]),
+                 np.concatenate([c["disp"] > fall_cm for c in clouds]))
+
+
+def _compare_trees(data: dict[str, list[dict]], clouds: list[dict], fold: dict[str, int], args) -> None:
+    """The fall trees (``dvqvae_model.pipeline.fall_trees``) cross-validated like the logistic model, as
+    the stability term in the code's score; ``--save-trees`` fits them on every candidate and saves them."""
+    from dvqvae_model.pipeline.fall_trees import trees_from_sklearn
+    from dvqvae_model.pipeline.stability import TREE_INPUTS
+
+    held: dict[int, np.ndarray] = {}
+    for k in range(5):
+        m = _fit_trees([c for c in clouds if fold[c["object"]] != k], args.fall_cm)
+        for c in clouds:
+            if fold[c["object"]] == k:
+                held[id(c)] = m.predict_proba(_tree_inputs(c))[:, 1]
+    sp = [np.nanmean([spearman(held[id(c)], c["disp"]) for c in data[v]]) for v in ("full", "partial")]
+    print(f"  fall trees on {len(TREE_INPUTS)} features and terms (held out): Spearman vs displacement "
+          f"full {sp[0]:+.2f}, partial {sp[1]:+.2f}")
+    for wt in (30.0, 40.0, 60.0):
+        print(f"    trees, stability={wt:g}: " + "   ".join(_kept_with(data, held, args.keep, stability=wt)))
+    if args.save_trees:
+        m = _fit_trees(clouds, args.fall_cm)
+        trees = trees_from_sklearn(m, TREE_INPUTS, args.fall_cm)
+        x = np.concatenate([_tree_inputs(c) for c in clouds])
+        gap = float(np.abs(trees.probability(x) - m.predict_proba(x)[:, 1]).max())
+        if gap > 1e-5:
+            raise SystemExit(f"the exported trees differ from scikit-learn's by {gap:g}")
+        print(f"  trees fitted on all candidates saved to {trees.save(args.save_trees)} (max |p - sklearn| {gap:.1e})")
 
 
 def main(argv=None) -> int:
@@ -326,6 +390,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--fit", action="store_true")
     ap.add_argument("--no-gravity", action="store_true", help="score as a caller that does not know gravity")
+    ap.add_argument("--gbt", action="store_true", help="with --fit: also cross-validate the fall trees")
+    ap.add_argument("--save-trees", default="", help="with --gbt: fit the trees on every candidate and save them here "
+                    "(dvqvae_model/assets/fall_trees.json is the bundled file)")
     ap.add_argument("--subsets", default="", help="e.g. 16,32,64: the kept quality with N of the collected candidates")
     ap.add_argument("--variants", default="", help="feature settings to try too, e.g. 'mu=0.5;max_depth_mm=3'")
     ap.add_argument("--features", default="cone_eps,balance,span")

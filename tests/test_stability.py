@@ -168,9 +168,8 @@ def test_gravity_features_know_which_way_the_object_falls(hand, wrap) -> None:
     resist = np.array([terms_of(hand, params, cloud, gravity=tuple(g))[1]["f_g_resist"] for g in axes]).T
     assert spearmanr(resist[1], disp[1])[0] > 0.7, (resist[1], disp[1])
     assert np.all(resist[0] <= resist[1] + 1e-6), resist  # the wrap carries it wherever the flat hand does
-    model = StabilityModel()
-    if "g_resist" in model.features:  # the bundled fall model uses it: the term follows
-        assert t_in["stability"][1] < t_out["stability"][1] - 0.05, (t_in["stability"], t_out["stability"])
+    # the bundled fall model (trees) follows: the hand that carries the object is less likely to drop it
+    assert t_in["stability"][1] < t_out["stability"][1] - 0.05, (t_in["stability"], t_out["stability"])
 
 
 def test_cone_min_residual_solves_small_cases() -> None:

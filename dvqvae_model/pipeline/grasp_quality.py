@@ -318,7 +318,8 @@ def quality_terms(surface: CloudSurface | GridSurface, vertices: Tensor, part_id
                                    surface.scale.repeat_interleave(per), surface.axes.repeat_interleave(per, dim=0),
                                    surface.extent.repeat_interleave(per, dim=0), w.stability_model,
                                    gravity.repeat_interleave(per, dim=0) if gravity is not None else None)
-        out["stability"] = stability_term(feats, w.stability_model)
+        inputs = {**feats, **{k: out[k] for k in ("penetration", "contact", "closure", "digits", "one_sidedness")}}
+        out["stability"] = stability_term(inputs, w.stability_model)
         out.update({f"f_{k}": v for k, v in feats.items()})
     return out
 

@@ -45,9 +45,11 @@ node's ``gravity`` parameter, the simulator's +y in the evaluation protocol), ``
 single best predictor of the simulated displacement among these features (README). Without it the
 two features are NaN and the fall model leaves them out (their standardised value counts as 0).
 
-``stability_term`` (``StabilityModel``) turns a few of them into one "lower is better" term for
-the ranking score: a logistic model's probability that the object falls (moves more than 2 cm in
-the simulator's check), fitted on validation-split objects (``benchmarks/study_stability.py``).
+``stability_term`` (``StabilityModel``) turns them into one "lower is better" term for the ranking
+score: the probability that the object falls (moves more than 2 cm in the simulator's check), by
+default from gradient-boosted trees over every feature and the ranking's other terms
+(``fall_trees``, ``TREE_INPUTS``), else from a logistic model of a few features; both fitted on
+validation-split objects (``benchmarks/study_stability.py``).
 """
 from __future__ import annotations
 
@@ -60,12 +62,14 @@ from torch import Tensor
 
 from dvqvae_model.pipeline.force_closure import cone_min_residual
 
-__all__ = ["FEATURE_NAMES", "StabilityModel", "stability_features", "stability_term", "sphere_directions"]
+__all__ = ["FEATURE_NAMES", "TREE_INPUTS", "StabilityModel", "stability_features", "stability_term", "sphere_directions"]
 
 NUM_PARTS = 6
 THUMB, PALM = 0, 5
 FEATURE_NAMES: tuple[str, ...] = ("coverage", "cone_eps", "balance", "opposition", "opposition_any", "centroid",
                                   "span", "epsilon", "area", "parts", "fingers", "thumb", "g_resist", "g_support")
+# what the fall trees see: every feature and the ranking's other terms (grasp_quality.quality_terms)
+TREE_INPUTS: tuple[str, ...] = FEATURE_NAMES + ("penetration", "contact", "closure", "digits", "one_sidedness")
 
 
 def sphere_directions(n: int) -> Tensor:
@@ -106,8 +110,10 @@ def _cone_edges(normals: Tensor, mu: float, edges: int = 4) -> Tensor:
 
 @dataclass
 class StabilityModel:
-    """Feature settings and the fall model: P(displacement > ``fall_cm``) = logistic(coef . z + intercept),
-    z the standardised ``features`` (plain numbers fitted by ``benchmarks/study_stability.py``)."""
+    """Feature settings and the fall model: P(displacement > ``fall_cm``) from the gradient-boosted trees
+    in ``trees`` ("bundled": ``dvqvae_model/assets/fall_trees.json``; a path: another file; "": none),
+    else logistic(coef . z + intercept), z the standardised ``features`` (plain numbers). Both fitted
+    by ``benchmarks/study_stability.py``."""
 
     contact_mm: float = 5.0  # a vertex touches within this distance of the surface (or inside)
     mu: float = 1.0  # friction coefficient of the features' cones (not the simulator's)
@@ -120,6 +126,9 @@ class StabilityModel:
     std: tuple[float, ...] = (0.4141, 0.20774, 0.20034, 0.33098)
     coef: tuple[float, ...] = (-0.46447, 0.07906, -0.35888, 0.41555)
     intercept: float = -1.26952
+    # 100 trees of 8 leaves over TREE_INPUTS, monotone where physics says which way an input goes;
+    # fitted on the same candidates (study_stability.py analyse --fit --gbt --save-trees)
+    trees: str = "bundled"
     fall_cm: float = 2.0
 
     def __post_init__(self) -> None:
@@ -210,8 +219,19 @@ def stability_features(vertices: Tensor, part_ids: Tensor, areas: Tensor, sd: Te
 
 def stability_term(features: dict[str, Tensor], model: Optional[StabilityModel] = None) -> Tensor:
     """The ``stability`` term ``[H]`` in 0..1 (lower is better): the fall model's probability that
-    the object moves more than ``model.fall_cm`` in the simulator's check."""
+    the object moves more than ``model.fall_cm`` in the simulator's check. ``features``: the
+    stability features, and for trees the ranking's other terms as well (``TREE_INPUTS``)."""
     m = model or StabilityModel()
+    if m.trees:
+        from dvqvae_model.pipeline.fall_trees import FallTrees, bundled_trees
+
+        trees = bundled_trees() if m.trees == "bundled" else FallTrees.load(m.trees)
+        missing = [c for c in trees.columns if c not in features]
+        if missing:
+            raise ValueError(f"the fall trees need {missing} (stability_term's features dict)")
+        ref = features[trees.columns[0]]
+        x = torch.stack([features[c].to(torch.float64).expand_as(ref) for c in trees.columns], 1)
+        return torch.from_numpy(trees.probability(x.cpu().numpy())).to(ref.dtype).to(ref.device)
     logit = torch.full_like(features["coverage"], float(m.intercept))
     for name, mean, std, coef in zip(m.features, m.mean, m.std, m.coef):
         z = (features[name] - float(mean)) / float(std)
