@@ -367,6 +367,11 @@ def _compare_trees(data: dict[str, list[dict]], clouds: list[dict], fold: dict[s
           f"full {sp[0]:+.2f}, partial {sp[1]:+.2f}")
     for wt in (30.0, 40.0, 60.0):
         print(f"    trees, stability={wt:g}: " + "   ".join(_kept_with(data, held, args.keep, stability=wt)))
+    for spec in (s for s in args.sweep.split(";") if s):
+        field_name, values = spec.split("=")
+        for value in values.split(","):
+            cells = _kept_with(data, held, args.keep, **{field_name: float(value)})
+            print(f"    trees, {field_name}={value}: " + "   ".join(cells))
     if args.save_trees:
         m = _fit_trees(clouds, args.fall_cm)
         trees = trees_from_sklearn(m, TREE_INPUTS, args.fall_cm)

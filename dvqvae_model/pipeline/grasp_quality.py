@@ -24,8 +24,10 @@ Terms per grasp (``quality_terms``), all "lower is better" except the prior:
   1 with fewer than two parts in contact (a single contact cannot hold anything);
 * ``digits``       number of parts (of six) NOT within ``contact_mm`` of the surface;
 * ``stability``    0..1: the probability that the object falls (moves more than 2 cm in the
-  simulator's check), from the friction cones, balance and span of every touching vertex
-  (``dvqvae_model.pipeline.stability``). Also returned: each stability feature as ``f_<name>``.
+  simulator's check): gradient-boosted trees (``fall_trees``) over the stability features of every
+  touching vertex (friction cones, balance, span, whether the contacts can carry the object's
+  weight when ``gravity`` is known, ...; ``dvqvae_model.pipeline.stability``) and the terms above.
+  Also returned: each stability feature as ``f_<name>``.
 
 ``score = w_prior * prior - w_pen * penetration - w_contact * contact - w_closure * closure
 - w_digits * digits - w_stability * stability - w_no_contact * [no part touching]`` (higher is
@@ -34,7 +36,7 @@ mean Q of the 8 kept of 32 sampled grasps, measured with the independent metrics
 (``dvqvae_training.evaluate.metrics`` / ``physics``). Among this model's samples penetration and
 displacement are anti-correlated (hands that penetrate deeper hold the object better, the
 simulator's depenetration forces squeeze it), so without ``stability`` the score trades
-displacement for penetration. ``stability`` (weight 30, chosen with 64 candidates on validation
+displacement for penetration. ``stability`` (weight 40, chosen with 64 candidates on validation
 objects, ``benchmarks/study_stability.py``) ranks grasps by how well they would hold, but a grasp
 whose penetration term reaches ``stability_max_penetration`` (5) earns no hold credit, so the term
 never lifts a hand sunk into the object above one touching it (``tests/test_ranking.py``). On a
@@ -82,7 +84,9 @@ class QualityWeights:
     stability: float = 40.0
     # a grasp whose penetration term (cm^3-like) reaches this earns no hold credit (its stability
     # counts as 1, "falls"): the simulator holds objects with hands sunk into them, a user cannot
-    # use such a hold, and the credit must never lift a deep grasp above a touching one
+    # use such a hold, and the credit must never lift a deep grasp above a touching one (6 would hold
+    # better on validation at the same Q, but lets a 1 cm deep hand in tests/test_ranking.py's fixture
+    # outrank touching ones)
     stability_max_penetration: float = 5.0
     # ... times this on a one-sided view (|mean cloud normal| >= one_sided): there a hand behind a
     # thin object counts as inside, and the penetration term reads ~4x the measured volume (median
