@@ -11,6 +11,8 @@ ranking, refinement, total) and its total's ratio to the first row. Rows:
   alone; the ranking measures the geometry);
 * ``graph geometry``: the same with the graph's own geometric score as well (``ScoreWeights()``, as
   before the graph learnt to skip it; same grasps, same scores);
+* ``logistic, no gravity``: the fall model of before the trees (a logistic model of three features)
+  and gravity unknown (no weight-carrying features): what the trees and gravity cost;
 * ``N candidates``: the defaults with another candidate count (``--candidates``);
 * ``raw``: ranking off, K sampled (the path for callers that need it faster).
 
@@ -33,6 +35,8 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
 from dvqvae_model.checkpoint import DEFAULT_MODEL_DIR, resolve_checkpoint  # noqa: E402
 from dvqvae_model.nets.sampling_graph import ScoreWeights  # noqa: E402
 from dvqvae_model.pipeline.defaults import DEFAULTS  # noqa: E402
+from dvqvae_model.pipeline.grasp_quality import QualityWeights  # noqa: E402
+from dvqvae_model.pipeline.stability import StabilityModel  # noqa: E402
 from dvqvae_model.pipeline.generator import GraspGenerator  # noqa: E402
 import trimesh  # noqa: E402
 
@@ -44,8 +48,13 @@ STAGES = ("preprocess_ms", "inference_ms", "rank_ms", "refine_ms", "total_ms")
 def variants(args) -> dict[str, GraspGenerator]:
     path = resolve_checkpoint(args.model, default_dir=DEFAULT_MODEL_DIR)
     opts = DEFAULTS.generator_options()
+    logistic = QualityWeights(stability_model=StabilityModel(
+        trees="", features=("cone_eps", "balance", "span"), mean=(-0.76, 0.40, 0.71), std=(0.42, 0.22, 0.21),
+        coef=(-0.53, -0.28, -0.38), intercept=-1.17))
     out = {"defaults": GraspGenerator.from_checkpoint(path, **opts),
-           "graph geometry": GraspGenerator.from_checkpoint(path, score_weights=ScoreWeights(), **opts)}
+           "graph geometry": GraspGenerator.from_checkpoint(path, score_weights=ScoreWeights(), **opts),
+           "logistic, no gravity": GraspGenerator.from_checkpoint(path, quality_weights=logistic,
+                                                                  **{**opts, "gravity": None})}
     for c in (int(x) for x in args.candidates.split(",") if x.strip()):
         if c != DEFAULTS.candidates:
             out[f"{c} candidates"] = GraspGenerator.from_checkpoint(path, **{**opts, "candidates": c})
@@ -79,10 +88,10 @@ def main(argv=None) -> None:
     base = float(np.median([t["total_ms"] for t in times["defaults"]]))
     print(f"generate() on a 3000-point mug cloud, K={args.grasps}, {args.threads} thread(s), {rounds} interleaved rounds "
           f"(p50 ms per stage):")
-    print(f"  {'variant':<16}" + "".join(f"{s[:-3]:>12}" for s in STAGES) + f"{'vs defaults':>13}")
+    print(f"  {'variant':<22}" + "".join(f"{s[:-3]:>12}" for s in STAGES) + f"{'vs defaults':>13}")
     for name, ts in times.items():
         med = {s: float(np.median([t[s] for t in ts])) for s in STAGES}
-        print(f"  {name:<16}" + "".join(f"{med[s]:>12.1f}" for s in STAGES) + f"{med['total_ms'] / base:>12.2f}x")
+        print(f"  {name:<22}" + "".join(f"{med[s]:>12.1f}" for s in STAGES) + f"{med['total_ms'] / base:>12.2f}x")
 
 
 if __name__ == "__main__":
