@@ -21,7 +21,11 @@ cloud's candidates picked by: the current score, the score with the ``stability`
 subsets of each cloud's candidates). ``--fit`` fits the fall model (a logistic regression of
 "displacement > --fall-cm" on the standardised ``--features``) with 5-fold cross-validation over
 objects, shows the kept quality for a range of the term's weight, and prints the numbers to paste
-into ``StabilityModel``.
+into ``StabilityModel``; ``--sweep`` ranks with the code's ``combine_terms`` and the held-out fall
+probability while one ``QualityWeights`` field takes other values; ``--gbt`` cross-validates the
+fall trees (``dvqvae_model.pipeline.fall_trees``) the same way and ``--save-trees`` fits them on
+every candidate and writes the JSON the package ships. Terms and features are computed with the
+simulator's gravity direction (+y of the input frame) unless ``--no-gravity``.
 """
 from __future__ import annotations
 
@@ -291,6 +295,15 @@ def _kept_with(data: dict[str, list[dict]], fall: dict[int, np.ndarray], keep: i
     return cells
 
 
+def _sweep(data: dict[str, list[dict]], fall: dict[int, np.ndarray], args, label: str) -> None:
+    """One ``_kept_with`` row per value of each ``--sweep`` field (one field changed at a time)."""
+    for spec in (s for s in args.sweep.split(";") if s):
+        field_name, values = spec.split("=")
+        for value in values.split(","):
+            cells = _kept_with(data, fall, args.keep, **{field_name: float(value)})
+            print(f"    {label}{field_name}={value}: " + "   ".join(cells))
+
+
 def fit(data: dict[str, list[dict]], args) -> None:
     """Fit the fall model and the ranking's weights; 5-fold cross-validation over objects."""
     names = [n for n in args.features.split(",") if n]
@@ -311,11 +324,7 @@ def fit(data: dict[str, list[dict]], args) -> None:
     print(f"  best {args.keep} per cloud by the code's score (combine_terms) with this held-out fall probability as "
           f"its stability term, one setting changed at a time: pen. cm^3 / disp. cm / Q (contact %)")
     print("    code's weights: " + "   ".join(_kept_with(data, held_out, args.keep)))
-    for spec in (s for s in args.sweep.split(";") if s):
-        field_name, values = spec.split("=")
-        for value in values.split(","):
-            cells = _kept_with(data, held_out, args.keep, **{field_name: float(value)})
-            print(f"    {field_name}={value}: " + "   ".join(cells))
+    _sweep(data, held_out, args, "")
     if args.gbt:
         _compare_trees(data, clouds, fold, args)
     mean, std, coef, icpt = fit_fall(clouds, names, args.fall_cm)
@@ -367,11 +376,7 @@ def _compare_trees(data: dict[str, list[dict]], clouds: list[dict], fold: dict[s
           f"full {sp[0]:+.2f}, partial {sp[1]:+.2f}")
     for wt in (30.0, 40.0, 60.0):
         print(f"    trees, stability={wt:g}: " + "   ".join(_kept_with(data, held, args.keep, stability=wt)))
-    for spec in (s for s in args.sweep.split(";") if s):
-        field_name, values = spec.split("=")
-        for value in values.split(","):
-            cells = _kept_with(data, held, args.keep, **{field_name: float(value)})
-            print(f"    trees, {field_name}={value}: " + "   ".join(cells))
+    _sweep(data, held, args, "trees, ")
     if args.save_trees:
         m = _fit_trees(clouds, args.fall_cm)
         trees = trees_from_sklearn(m, TREE_INPUTS, args.fall_cm)
