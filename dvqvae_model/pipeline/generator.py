@@ -80,6 +80,20 @@ class GraspSet:
                         {k: v[:n] for k, v in self.terms.items()})
 
 
+def _artifact_score_weights(backend_options: Optional[dict[str, Any]]) -> Optional[ScoreWeights]:
+    """The graph score weights a prebuilt artifact (``backend_options["artifact"]``) was exported with,
+    or None (no artifact, or one the backend will refuse with its own message)."""
+    from dvqvae_model.runtime.artifacts import read_sidecar
+
+    artifact = (backend_options or {}).get("artifact")
+    if not artifact:
+        return None
+    try:
+        return ScoreWeights(**read_sidecar(artifact)["graph"]["score_weights"])
+    except (RuntimeError, ValueError, KeyError, TypeError, OSError):
+        return None
+
+
 def _random_seed() -> int:
     return int(np.random.SeedSequence().entropy % (2**63 - 1))
 
@@ -138,11 +152,15 @@ class GraspGenerator:
         self.gravity = gravity
         self.quality_weights = quality_weights or QualityWeights()
         # ranking measures penetration and contact itself (score_candidates): the graph then scores by
-        # the prior alone instead of computing the same geometry a second time
+        # the prior alone instead of computing the same geometry a second time, unless a prebuilt
+        # artifact fixes the graph's score (the ranking recovers the prior from either)
         # (``_raw_geometry``: if the node turns ranking off later, the raw path adds the geometry back)
-        self._raw_geometry = score_weights is None and self.ranking
-        self.score_weights = score_weights or (ScoreWeights(penetration=0.0, contact=0.0) if self.ranking
-                                               else ScoreWeights())
+        explicit = score_weights is not None
+        if score_weights is None and self.ranking:
+            score_weights = (_artifact_score_weights(backend_options)
+                             or ScoreWeights(penetration=0.0, contact=0.0))
+        self.score_weights = score_weights or ScoreWeights()
+        self._raw_geometry = not explicit and self.score_weights.prior_only
         self.num_score_points = int(num_score_points)
         with torch.no_grad():
             self._vertex_areas = vertex_areas(hand.rest().vertices[0], hand.faces).to(self.device)
