@@ -11,7 +11,7 @@ ranking, refinement, total) and its total's ratio to the first row. Rows:
   alone; the ranking measures the geometry);
 * ``graph geometry``: the same with the graph's own geometric score as well (``ScoreWeights()``, as
   before the graph learnt to skip it; same grasps, same scores);
-* ``logistic, no gravity``: the fall model of before the trees (a logistic model of three features)
+* ``logistic, no gravity``: the logistic fall model instead of the trees (``StabilityModel(trees="")``)
   and gravity unknown (no weight-carrying features): what the trees and gravity cost;
 * ``N candidates``: the defaults with another candidate count (``--candidates``);
 * ``raw``: ranking off, K sampled (the path for callers that need it faster).
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import trimesh
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
@@ -38,8 +39,6 @@ from dvqvae_model.pipeline.defaults import DEFAULTS  # noqa: E402
 from dvqvae_model.pipeline.grasp_quality import QualityWeights  # noqa: E402
 from dvqvae_model.pipeline.stability import StabilityModel  # noqa: E402
 from dvqvae_model.pipeline.generator import GraspGenerator  # noqa: E402
-import trimesh  # noqa: E402
-
 from dvqvae_model.sim.sample_objects import sample_object  # noqa: E402
 
 STAGES = ("preprocess_ms", "inference_ms", "rank_ms", "refine_ms", "total_ms")
@@ -48,9 +47,7 @@ STAGES = ("preprocess_ms", "inference_ms", "rank_ms", "refine_ms", "total_ms")
 def variants(args) -> dict[str, GraspGenerator]:
     path = resolve_checkpoint(args.model, default_dir=DEFAULT_MODEL_DIR)
     opts = DEFAULTS.generator_options()
-    logistic = QualityWeights(stability_model=StabilityModel(
-        trees="", features=("cone_eps", "balance", "span"), mean=(-0.76, 0.40, 0.71), std=(0.42, 0.22, 0.21),
-        coef=(-0.53, -0.28, -0.38), intercept=-1.17))
+    logistic = QualityWeights(stability_model=StabilityModel(trees=""))
     out = {"defaults": GraspGenerator.from_checkpoint(path, **opts),
            "graph geometry": GraspGenerator.from_checkpoint(path, score_weights=ScoreWeights(), **opts),
            "logistic, no gravity": GraspGenerator.from_checkpoint(path, quality_weights=logistic,

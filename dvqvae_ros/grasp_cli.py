@@ -20,6 +20,7 @@ the simulator's ground-truth mask), latency and quick grasp quality numbers.
 from __future__ import annotations
 
 import argparse
+import math
 import errno
 import pickle
 import sys
@@ -127,6 +128,13 @@ def _grasp_count(text: str) -> int:
     return value
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def generation_options(args: argparse.Namespace) -> dict[str, Any]:
     """GraspGenerator options from the CLI flags (their defaults are the node's: dvqvae_model.pipeline.defaults)."""
     from dvqvae_model.pipeline.refine import RefineConfig
@@ -184,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--candidates", type=int, default=DEFAULTS.candidates,
                    help="grasps sampled and ranked, the best --num-grasps kept (default: the node's)")
     g.add_argument("--raw", action="store_true", help="the raw path: no ranking, no refinement")
-    g.add_argument("--gravity", type=float, nargs=3, default=DEFAULTS.gravity, metavar=("X", "Y", "Z"),
+    g.add_argument("--gravity", type=_finite, nargs=3, default=DEFAULTS.gravity, metavar=("X", "Y", "Z"),
                    help="the direction gravity pulls in, in the object's frame (default: +y, the simulator's and "
                         "a camera optical frame's down; 0 0 0 = unknown)")
     g.add_argument("--refine", action=argparse.BooleanOptionalAction, default=DEFAULTS.refine,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from dvqvae_model.pipeline.fall_trees import FallTrees, bundled_trees, trees_from_sklearn
+from dvqvae_model.pipeline.fall_trees import FallTrees, cached_trees, trees_from_sklearn
 from dvqvae_model.pipeline.stability import TREE_INPUTS
 
 
@@ -47,7 +47,7 @@ def test_a_bad_trees_file_is_refused(fitted, tmp_path) -> None:
 
 
 def test_bundled_trees_read_the_ranking_terms() -> None:
-    trees = bundled_trees()
+    trees = cached_trees()
     assert trees.columns == TREE_INPUTS and trees.fall_cm == 2.0
     p = trees.probability(np.zeros((4, len(TREE_INPUTS))))
     assert np.all((p > 0) & (p < 1))

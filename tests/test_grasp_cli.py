@@ -108,6 +108,9 @@ def test_generate_reports_bad_input(tmp_path: Path, checkpoint: Path, capsys) ->
     assert rc == 2 and "missing.obj" in capsys.readouterr().err
     rc = grasp_cli.main(["generate", "--object", "mug", "--out", str(tmp_path / "o"), "--model", str(tmp_path / "nope")])
     assert rc == 2 and "not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage error, exit 2, names the flag
+        grasp_cli.main(["generate", "--object", "mug", "--out", str(tmp_path / "o"), "--gravity", "0", "nan", "1"])
+    assert exit_info.value.code == 2 and "--gravity" in capsys.readouterr().err
 
 
 def test_generate_runs_without_importing_ros(tmp_path: Path, checkpoint: Path) -> None:
@@ -271,7 +274,8 @@ def test_generate_uses_the_node_defaults_and_writes_real_scores(tmp_path: Path, 
     opts = grasp_cli.generation_options(args)
     node_opts = DEFAULTS.generator_options()
     assert args.num_grasps == DEFAULTS.num_grasps
-    assert {k: opts[k] for k in ("candidates", "ranking", "refine")} == {k: node_opts[k] for k in ("candidates", "ranking", "refine")}
+    same = ("candidates", "ranking", "refine", "gravity")
+    assert {k: opts[k] for k in same} == {k: node_opts[k] for k in same}
     assert (opts["refine_config"].steps, opts["refine_config"].max_time_s) == (
         node_opts["refine_steps"], node_opts["refine_time_ms"] / 1000.0)
     raw = grasp_cli.generation_options(grasp_cli.build_parser().parse_args(
@@ -285,7 +289,7 @@ def test_generate_uses_the_node_defaults_and_writes_real_scores(tmp_path: Path, 
     assert grasp_cli.main(["generate", "--object", str(tmp_path / "ball.npy"), "--num-grasps", "3", "--candidates", "6",
                            "--no-refine", "--seed", "4", "--out", str(out), "--model", str(checkpoint)]) == 0
     data = _check_outputs(out, 3)
-    gen = GraspGenerator.from_checkpoint(checkpoint, ranking=True, refine=False)
+    gen = GraspGenerator.from_checkpoint(checkpoint, ranking=True, refine=False, gravity=DEFAULTS.gravity)
     expect = gen.generate(cloud, 3, seed=4, candidates=6)
     np.testing.assert_allclose(data["scores"], expect.scores, atol=1e-5)
     np.testing.assert_allclose(data["score_terms"][:, 1], expect.terms["penetration"], atol=1e-5)

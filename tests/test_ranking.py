@@ -343,3 +343,8 @@ def test_gravity_is_taken_into_the_model_frame() -> None:
     for bad in ((0.0, 1.0), (0.0, float("inf"), 0.0)):
         with pytest.raises(ValueError, match="gravity"):
             GraspGenerator._model_frame_gravity(bad, prepared)
+
+
+def test_a_bad_gravity_is_refused_when_the_generator_is_made(gen, hand) -> None:
+    with pytest.raises(ValueError, match="gravity"):
+        GraspGenerator(gen[0], gen[1], hand=hand, num_points=1024, ranking=True, gravity=(0.0, 1.0))

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["FORMAT", "FallTrees", "bundled_trees", "trees_from_sklearn"]
+__all__ = ["FORMAT", "FallTrees", "cached_trees", "trees_from_sklearn"]
 
 FORMAT = "dvqvae-fall-trees/1"
 BUNDLED = Path(__file__).resolve().parents[1] / "assets" / "fall_trees.json"
@@ -103,8 +103,9 @@ class FallTrees:
 
 
 @lru_cache(maxsize=4)
-def bundled_trees(path: str = str(BUNDLED)) -> FallTrees:
-    """The fall trees shipped with the package (read once per process)."""
+def cached_trees(path: str = str(BUNDLED)) -> FallTrees:
+    """The fall trees in ``path`` (default: the ones shipped with the package), read once per process:
+    the ranking asks for them on every call."""
     return FallTrees.load(path)
 
 

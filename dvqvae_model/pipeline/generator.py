@@ -94,6 +94,17 @@ def _artifact_score_weights(backend_options: Optional[dict[str, Any]]) -> Option
         return None
 
 
+def _unit_gravity(gravity: Optional[Sequence[float]]) -> Optional[np.ndarray]:
+    """``gravity`` as a unit vector [3], None when unknown (None or zero); ValueError when not 3 finite numbers."""
+    if gravity is None:
+        return None
+    g = np.asarray(gravity, dtype=np.float64).reshape(-1)
+    if g.shape != (3,) or not np.all(np.isfinite(g)):
+        raise ValueError(f"gravity must be 3 finite numbers (a direction), got {gravity!r}")
+    norm = float(np.linalg.norm(g))
+    return g / norm if norm >= 1e-9 else None
+
+
 def _random_seed() -> int:
     return int(np.random.SeedSequence().entropy % (2**63 - 1))
 
@@ -149,6 +160,7 @@ class GraspGenerator:
         self.ranking = bool(ranking)
         # the direction gravity pulls in, in the input cloud's frame (None or zero: unknown); the
         # ranking's stability term asks whether the contacts can carry the object's weight
+        _unit_gravity(gravity)  # a bad value fails here, not on the first cloud
         self.gravity = gravity
         self.quality_weights = quality_weights or QualityWeights()
         # ranking measures penetration and contact itself (score_candidates): the graph then scores by
@@ -376,15 +388,10 @@ class GraspGenerator:
     def _model_frame_gravity(gravity: Optional[Sequence[float]], prepared: Sequence[Any]) -> Optional[Tensor]:
         """Unit gravity direction per object in the model frame [B, 3] (the clouds' rotations
         applied), or None when unknown (None or a zero vector)."""
-        if gravity is None:
+        g = _unit_gravity(gravity)
+        if g is None:
             return None
-        g = np.asarray(gravity, dtype=np.float64).reshape(-1)
-        if g.shape != (3,) or not np.all(np.isfinite(g)):
-            raise ValueError(f"gravity must be 3 finite numbers (a direction), got {gravity!r}")
-        norm = float(np.linalg.norm(g))
-        if norm < 1e-9:
-            return None
-        rows = [np.asarray(p.rotation, dtype=np.float64) @ (g / norm) for p in prepared]  # model = R (x - c)
+        rows = [np.asarray(p.rotation, dtype=np.float64) @ g for p in prepared]  # model = R (x - c)
         return torch.from_numpy(np.stack(rows)).float()
 
     def _params_to_input_frame(self, params: np.ndarray, prep: Any) -> tuple[np.ndarray, Any]:

@@ -43,7 +43,8 @@ Gravity matters because a hand that only touches the object holds it when a cont
 weight, and a hand around it holds it whichever way it is pulled: with the direction known (the
 node's ``gravity`` parameter, the simulator's +y in the evaluation protocol), ``g_resist`` is the
 single best predictor of the simulated displacement among these features (README). Without it the
-two features are NaN and the fall model leaves them out (their standardised value counts as 0).
+two features are NaN: the trees send them down each split's learnt missing-value branch, the
+logistic model counts their standardised value as 0.
 
 ``stability_term`` (``StabilityModel``) turns them into one "lower is better" term for the ranking
 score: the probability that the object falls (moves more than 2 cm in the simulator's check), by
@@ -223,9 +224,9 @@ def stability_term(features: dict[str, Tensor], model: Optional[StabilityModel] 
     stability features, and for trees the ranking's other terms as well (``TREE_INPUTS``)."""
     m = model or StabilityModel()
     if m.trees:
-        from dvqvae_model.pipeline.fall_trees import FallTrees, bundled_trees
+        from dvqvae_model.pipeline.fall_trees import cached_trees
 
-        trees = bundled_trees() if m.trees == "bundled" else FallTrees.load(m.trees)
+        trees = cached_trees() if m.trees == "bundled" else cached_trees(str(m.trees))
         missing = [c for c in trees.columns if c not in features]
         if missing:
             raise ValueError(f"the fall trees need {missing} (stability_term's features dict)")
