@@ -13,6 +13,9 @@ ranking, refinement, total) and its total's ratio to the first row. Rows:
   before the graph learnt to skip it; same grasps, same scores);
 * ``logistic, no gravity``: the logistic fall model instead of the trees (``StabilityModel(trees="")``)
   and gravity unknown (no weight-carrying features): what the trees and gravity cost;
+* ``cloud penetration term``: no penetration trees (``QualityWeights(penetration_model="")``): the
+  cloud's own term ranks, as before the learnt estimate; what the estimate and its view-shadow
+  features cost;
 * ``N candidates``: the defaults with another candidate count (``--candidates``);
 * ``raw``: ranking off, K sampled (the path for callers that need it faster).
 
@@ -51,7 +54,9 @@ def variants(args) -> dict[str, GraspGenerator]:
     out = {"defaults": GraspGenerator.from_checkpoint(path, **opts),
            "graph geometry": GraspGenerator.from_checkpoint(path, score_weights=ScoreWeights(), **opts),
            "logistic, no gravity": GraspGenerator.from_checkpoint(path, quality_weights=logistic,
-                                                                  **{**opts, "gravity": None})}
+                                                                  **{**opts, "gravity": None}),
+           "cloud penetration term": GraspGenerator.from_checkpoint(
+               path, quality_weights=QualityWeights(penetration_model=""), **opts)}
     for c in (int(x) for x in args.candidates.split(",") if x.strip()):
         if c != DEFAULTS.candidates:
             out[f"{c} candidates"] = GraspGenerator.from_checkpoint(path, **{**opts, "candidates": c})

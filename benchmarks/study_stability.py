@@ -23,8 +23,9 @@ subsets of each cloud's candidates). ``--fit`` fits the fall model (a logistic r
 objects, shows the kept quality for a range of the term's weight, and prints the numbers to paste
 into ``StabilityModel``; ``--sweep`` ranks with the code's ``combine_terms`` and the held-out fall
 probability while one ``QualityWeights`` field takes other values; ``--gbt`` cross-validates the
-fall trees (``dvqvae_model.pipeline.fall_trees``) the same way and ``--save-trees`` fits them on
-every candidate and writes the JSON the package ships. Terms and features are computed with the
+fall trees (``dvqvae_model.pipeline.boosted_trees``) the same way and ``--save-trees`` fits them on
+every candidate and writes the JSON the package ships; it also cross-validates the penetration
+trees (the learnt ``penetration_est``) and ranks with both, and ``--save-pen-trees`` saves those. Terms and features are computed with the
 simulator's gravity direction (+y of the input frame) unless ``--no-gravity``.
 """
 from __future__ import annotations
@@ -52,7 +53,7 @@ def _generator():
 
     from dataclasses import replace
 
-    from dvqvae_model.pipeline.fall_trees import BUNDLED
+    from dvqvae_model.pipeline.boosted_trees import BUNDLED, BUNDLED_PENETRATION
     from dvqvae_model.pipeline.grasp_quality import QualityWeights
 
     opts = {**DEFAULTS.generator_options(), "refine": False, "ranking": True}
@@ -60,6 +61,9 @@ def _generator():
     if qw.stability_model.trees == "bundled" and not BUNDLED.exists():  # fitting the first trees: logistic meanwhile
         print(f"# {BUNDLED} does not exist: scoring with the logistic fall model", file=sys.stderr)
         qw = replace(qw, stability_model=replace(qw.stability_model, trees=""))
+    if qw.penetration_model == "bundled" and not BUNDLED_PENETRATION.exists():
+        print(f"# {BUNDLED_PENETRATION} does not exist: scoring with the cloud's penetration term", file=sys.stderr)
+        qw = replace(qw, penetration_model="")
     return GraspGenerator.from_checkpoint(resolve_checkpoint("default", default_dir=DEFAULT_MODEL_DIR),
                                           quality_weights=qw, **opts)
 
@@ -116,7 +120,8 @@ def load(out: str, gen, variants: list[dict] | None = None, gravity: bool = True
 
     from dataclasses import replace
 
-    from dvqvae_model.pipeline.grasp_quality import CloudSurface, quality_terms
+    from dvqvae_model.pipeline.grasp_quality import VERTEX_STRIDE, CloudSurface, quality_terms
+    from dvqvae_model.pipeline.view_shadow import shadow_features
     data: dict[str, list[dict]] = {"full": [], "partial": []}
     for path in sorted(Path(out).glob("*.npz")):
         if path.name.endswith(".tmp.npz"):
@@ -143,6 +148,12 @@ def load(out: str, gen, variants: list[dict] | None = None, gravity: bool = True
             rec = {"object": path.stem, "view": view, "pen": z[f"{view}_pen"], "disp": z[f"{view}_disp"],
                    "touches": z[f"{view}_contact"], "score": score.numpy(), "stored_score": z[f"{view}_score"]}
             rec.update({k: v.numpy() for k, v in terms.items() if v.dim() == 1})
+            if "f_thickness" not in rec:  # scored without penetration trees: the features they would see
+                surface = CloudSurface(pts)
+                v = hand_out.vertices[:, ::VERTEX_STRIDE]
+                shadow = shadow_features(surface.points, surface.normals, surface.spacing, v,
+                                         gen._vertex_areas[::VERTEX_STRIDE] * float(VERTEX_STRIDE))
+                rec.update({f"f_{k}": t.numpy() for k, t in shadow.items()})
             for var in variants or []:  # the features with other settings (StabilityWeights fields)
                 qw = replace(gen.quality_weights, stability_model=replace(gen.quality_weights.stability_model, **var))
                 with torch.no_grad():
@@ -272,9 +283,11 @@ def _subset(c: dict, idx: np.ndarray) -> dict:
     return {k: (v[idx] if isinstance(v, np.ndarray) and v.shape[:1] == (n,) else v) for k, v in c.items()}
 
 
-def _kept_with(data: dict[str, list[dict]], fall: dict[int, np.ndarray], keep: int, **weights: float) -> list[str]:
+def _kept_with(data: dict[str, list[dict]], fall: dict[int, np.ndarray], keep: int,
+               pen_est: dict[int, np.ndarray] | None = None, **weights: float) -> list[str]:
     """Kept quality per view when each cloud's candidates are ranked by ``combine_terms`` with the
-    code's ``QualityWeights`` changed by ``weights`` and the stability term replaced by ``fall``."""
+    code's ``QualityWeights`` changed by ``weights``, the stability term replaced by ``fall`` and,
+    given ``pen_est``, the learnt penetration estimate by it (else the cloud's term counts)."""
     import torch
 
     from dataclasses import replace
@@ -288,6 +301,8 @@ def _kept_with(data: dict[str, list[dict]], fall: dict[int, np.ndarray], keep: i
             t = {k: torch.from_numpy(np.asarray(c[k], np.float32)) for k in
                  ("penetration", "contact", "closure", "digits", "one_sidedness")}
             t["stability"] = torch.from_numpy(fall[id(c)].astype(np.float32))
+            if pen_est is not None:
+                t["penetration_est"] = torch.from_numpy(pen_est[id(c)].astype(np.float32))
             return combine_terms(torch.from_numpy(np.asarray(c["prior"], np.float32)), t, qw).numpy()
         p, d, q = kept_quality(data[view], key, keep)
         touching = np.mean([np.asarray(c["touches"])[np.argsort(-key(c), kind="stable")[:keep]] for c in data[view]])
@@ -295,12 +310,13 @@ def _kept_with(data: dict[str, list[dict]], fall: dict[int, np.ndarray], keep: i
     return cells
 
 
-def _sweep(data: dict[str, list[dict]], fall: dict[int, np.ndarray], args, label: str) -> None:
+def _sweep(data: dict[str, list[dict]], fall: dict[int, np.ndarray], args, label: str,
+           pen_est: dict[int, np.ndarray] | None = None) -> None:
     """One ``_kept_with`` row per value of each ``--sweep`` field (one field changed at a time)."""
     for spec in (s for s in args.sweep.split(";") if s):
         field_name, values = spec.split("=")
         for value in values.split(","):
-            cells = _kept_with(data, fall, args.keep, **{field_name: float(value)})
+            cells = _kept_with(data, fall, args.keep, pen_est, **{field_name: float(value)})
             print(f"    {label}{field_name}={value}: " + "   ".join(cells))
 
 
@@ -340,11 +356,19 @@ MONOTONE = {"coverage": -1, "cone_eps": -1, "balance": -1, "opposition": -1, "op
             "g_support": -1, "penetration": 0, "contact": 1, "closure": 1, "digits": 1, "one_sidedness": 0}
 
 
-def _tree_inputs(c: dict) -> np.ndarray:
+def _pen_inputs() -> tuple[str, ...]:
+    """What the penetration trees see: the fall trees' inputs and the view-shadow features."""
+    from dvqvae_model.pipeline.stability import TREE_INPUTS
+    from dvqvae_model.pipeline.view_shadow import SHADOW_NAMES
+
+    return TREE_INPUTS + SHADOW_NAMES
+
+
+def _tree_inputs(c: dict, names: tuple[str, ...] | None = None) -> np.ndarray:
     from dvqvae_model.pipeline.stability import TREE_INPUTS
 
     return np.stack([np.broadcast_to(np.asarray(c[f"f_{n}"] if f"f_{n}" in c else c[n], np.float64), c["pen"].shape)
-                     for n in TREE_INPUTS], 1)
+                     for n in (names or TREE_INPUTS)], 1)
 
 
 def _fit_trees(clouds: list[dict], fall_cm: float):
@@ -359,10 +383,29 @@ def _fit_trees(clouds: list[dict], fall_cm: float):
                  np.concatenate([c["disp"] > fall_cm for c in clouds]))
 
 
+def _fit_pen_trees(clouds: list[dict]):
+    """Gradient-boosted trees of log1p(measured penetration, cm^3) - log1p(the cloud's term) over
+    ``_pen_inputs`` (150 trees of 8 leaves; non-decreasing in the hand behind the visible surface): a
+    factor on the cloud's term, so that hands deeper than any fitted on still rank by how deep the
+    cloud says they are."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    names = _pen_inputs()
+    up = {"behind_1cm", "behind_2cm", "behind_thick", "behind_area"}
+    m = HistGradientBoostingRegressor(max_iter=150, learning_rate=0.05, max_leaf_nodes=8, min_samples_leaf=40,
+                                      monotonic_cst=[1 if n in up else 0 for n in names], random_state=0)
+    return m.fit(np.concatenate([_tree_inputs(c, names) for c in clouds]),
+                 np.concatenate([np.log1p(np.maximum(c["pen"], 0.0)) - _log_term(c) for c in clouds]))
+
+
+def _log_term(c: dict) -> np.ndarray:
+    return np.log1p(np.maximum(np.asarray(c["penetration"], np.float64), 0.0))
+
+
 def _compare_trees(data: dict[str, list[dict]], clouds: list[dict], fold: dict[str, int], args) -> None:
-    """The fall trees (``dvqvae_model.pipeline.fall_trees``) cross-validated like the logistic model, as
+    """The fall trees (``dvqvae_model.pipeline.boosted_trees``) cross-validated like the logistic model, as
     the stability term in the code's score; ``--save-trees`` fits them on every candidate and saves them."""
-    from dvqvae_model.pipeline.fall_trees import trees_from_sklearn
+    from dvqvae_model.pipeline.boosted_trees import trees_from_sklearn
     from dvqvae_model.pipeline.stability import TREE_INPUTS
 
     held: dict[int, np.ndarray] = {}
@@ -377,11 +420,35 @@ def _compare_trees(data: dict[str, list[dict]], clouds: list[dict], fold: dict[s
     for wt in (30.0, 40.0, 60.0):
         print(f"    trees, stability={wt:g}: " + "   ".join(_kept_with(data, held, args.keep, stability=wt)))
     _sweep(data, held, args, "trees, ")
+    pen: dict[int, np.ndarray] = {}
+    for k in range(5):
+        m = _fit_pen_trees([c for c in clouds if fold[c["object"]] != k])
+        for c in clouds:
+            if fold[c["object"]] == k:
+                pen[id(c)] = np.expm1(m.predict(_tree_inputs(c, _pen_inputs())) + _log_term(c))
+    sp = [[np.nanmean([spearman(x, c["pen"]) for c in data[v] for x in (pen[id(c)] if learnt else c["penetration"],)])
+           for v in ("full", "partial")] for learnt in (False, True)]
+    print(f"  penetration trees on {len(_pen_inputs())} inputs (held out): Spearman vs measured penetration "
+          f"full {sp[0][0]:+.2f} -> {sp[1][0]:+.2f}, partial {sp[0][1]:+.2f} -> {sp[1][1]:+.2f} (cloud term -> trees)")
+    for wt in (3.0, 4.0, 6.0):
+        print(f"    fall trees + penetration trees, penetration_estimate={wt:g}: "
+              + "   ".join(_kept_with(data, held, args.keep, pen, penetration_estimate=wt)))
+    _sweep(data, held, args, "fall + penetration trees, ", pen)
+    if args.save_pen_trees:
+        names = _pen_inputs()
+        m = _fit_pen_trees(clouds)
+        trees = trees_from_sklearn(m, names, "penetration volume cm^3 (1 mm lattice)", offset="penetration")
+        x = np.concatenate([_tree_inputs(c, names) for c in clouds])
+        gap = float(np.abs(np.log1p(trees.predict(x)) - m.predict(x) - np.log1p(np.maximum(x[:, names.index("penetration")], 0))).max())
+        if gap > 1e-5:
+            raise SystemExit(f"the exported penetration trees differ from scikit-learn's by {gap:g}")
+        print(f"  penetration trees fitted on all candidates saved to {trees.save(args.save_pen_trees)} "
+              f"(max |raw - sklearn| {gap:.1e})")
     if args.save_trees:
         m = _fit_trees(clouds, args.fall_cm)
-        trees = trees_from_sklearn(m, TREE_INPUTS, args.fall_cm)
+        trees = trees_from_sklearn(m, TREE_INPUTS, f"displacement > {args.fall_cm:g} cm")
         x = np.concatenate([_tree_inputs(c) for c in clouds])
-        gap = float(np.abs(trees.probability(x) - m.predict_proba(x)[:, 1]).max())
+        gap = float(np.abs(trees.predict(x) - m.predict_proba(x)[:, 1]).max())
         if gap > 1e-5:
             raise SystemExit(f"the exported trees differ from scikit-learn's by {gap:g}")
         print(f"  trees fitted on all candidates saved to {trees.save(args.save_trees)} (max |p - sklearn| {gap:.1e})")
@@ -403,6 +470,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gbt", action="store_true", help="with --fit: also cross-validate the fall trees")
     ap.add_argument("--save-trees", default="", help="with --gbt: fit the trees on every candidate and save them here "
                     "(dvqvae_model/assets/fall_trees.json is the bundled file)")
+    ap.add_argument("--save-pen-trees", default="", help="with --gbt: fit the penetration trees on every candidate "
+                    "and save them here (dvqvae_model/assets/penetration_trees.json is the bundled file)")
     ap.add_argument("--subsets", default="", help="e.g. 16,32,64: the kept quality with N of the collected candidates")
     ap.add_argument("--variants", default="", help="feature settings to try too, e.g. 'mu=0.5;max_depth_mm=3'")
     ap.add_argument("--features", default="cone_eps,balance,span")

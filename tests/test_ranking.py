@@ -6,6 +6,8 @@ box (touching) or into it (penetrating) by known depths. Penetration is measured
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -85,6 +87,27 @@ def test_ranking_puts_penetrating_grasps_last(hand, scene) -> None:
     assert pen_order == sorted(pen_order, key=lambda i: truth[i])
 
 
+def test_ranking_on_a_depth_view_puts_penetrating_grasps_last(hand, scene) -> None:
+    """The node's real input: one depth view of the box from the hand's side (the camera sees the
+    face the hand touches and one side), ranked with the learnt penetration estimate."""
+    from dvqvae_model.sim import depth_camera as dc
+
+    box, _, normal = scene
+    pts, cam = dc.capture_object_cloud(box, np.random.default_rng(0), azimuth=np.pi / 2, elevation=0.5)
+    view = torch.from_numpy(dc.transform_points(pts, cam).astype(np.float32))[None]
+    depths = [0.0, 0.015, 0.0, 0.012, 0.0, 0.01, 0.0, 0.02]
+    params = grasps_at(normal, depths, SIDE + SIDE, hand)
+    truth = penetration(hand, params, box)
+    assert (truth[[1, 3, 5, 7]] > 1.0).all() and (truth[[0, 2, 4, 6]] < 0.5).all()
+    with torch.no_grad():
+        out = hand.from_params(params)
+        terms = quality_terms(CloudSurface(view), out.vertices, hand.part_ids,
+                              vertex_areas(hand.rest().vertices[0], hand.faces))
+        score = combine_terms(torch.zeros(8), terms, QualityWeights()).numpy()
+    assert "penetration_est" in terms
+    assert set(np.argsort(-score)[:4]) == {0, 2, 4, 6}, (score, terms["penetration_est"])
+
+
 @pytest.fixture(scope="module")
 def gen(hand):
     torch.manual_seed(0)
@@ -114,7 +137,7 @@ def test_generator_keeps_the_best_candidates(hand, scene, gen, monkeypatch) -> N
     pen = penetration(hand, torch.from_numpy(gs.params), box)
     assert len(gs) == 4 and (pen < 0.5).all(), pen
     assert np.all(np.diff(gs.scores) <= 0) and set(gs.terms) == {"prior", "penetration", "contact", "closure", "digits",
-                                                                      "stability"}
+                                                                      "stability", "penetration_est"}
     raw = GraspGenerator(gen[0], gen[1], hand=hand, num_points=1024, ranking=False)
     assert raw.num_candidates(4, 8) == 4 and g.num_candidates(4) == 8
 
@@ -269,26 +292,31 @@ def test_cloud_surface_nearest_point_search_is_exact() -> None:
     assert (brute.gather(2, idx.unsqueeze(-1)).squeeze(-1) <= best.values + 1e-12).all()
 
 
-def test_a_deep_grasp_earns_no_hold_credit(hand, scene) -> None:
-    """The stability credit stops at ``stability_max_penetration``: past it a grasp scores as if it falls."""
+@pytest.mark.parametrize("model", ["bundled", ""])
+def test_a_deep_grasp_earns_no_hold_credit(hand, scene, model) -> None:
+    """The stability credit stops at ``stability_max_penetration``: past it a grasp scores as if it
+    falls, by the learnt penetration estimate (default) or by the cloud's term (no penetration model)."""
     box, cloud, normal = scene
-    params = grasps_at(normal, [0.0, 0.01], SIDE[:2], hand)
+    params = grasps_at(normal, [0.0, 0.015], SIDE[:2], hand)
+    w = QualityWeights(penetration_model=model)
     with torch.no_grad():
         out = hand.from_params(params)
         terms = quality_terms(CloudSurface(torch.from_numpy(cloud)[None]), out.vertices, hand.part_ids,
-                              vertex_areas(hand.rest().vertices[0], hand.faces))
-    assert terms["penetration"][1] > 5.0 > terms["penetration"][0]
-    w = QualityWeights()
+                              vertex_areas(hand.rest().vertices[0], hand.faces), weights=w)
+    assert ("penetration_est" in terms) == bool(model)
+    used = terms["penetration_est" if model else "penetration"]
+    assert used[1] > 5.0 > used[0]
     capped = combine_terms(torch.zeros(2), terms, w)
-    uncapped = combine_terms(torch.zeros(2), terms, QualityWeights(stability_max_penetration=1e9))
+    uncapped = combine_terms(torch.zeros(2), terms, replace(w, stability_max_penetration=1e9))
     lost = (uncapped - capped).numpy()
     assert lost[0] == 0.0  # the shallow grasp keeps its credit
     assert lost[1] == pytest.approx(w.stability * (1.0 - float(terms["stability"][1])), rel=1e-5)
 
 
 def test_a_one_sided_view_scales_the_hold_credit_cap(hand, scene) -> None:
-    """One depth view's penetration term reads high (hands behind the object count as inside), so
-    its no-hold-credit cap is scaled; a cloud all round the object keeps the plain cap."""
+    """Without the learnt estimate (``penetration_model=""``): one depth view's penetration term reads
+    high (hands behind the object count as inside), so its no-hold-credit cap is scaled; a cloud all
+    round the object keeps the plain cap."""
     from dvqvae_training.evaluate.evaluate import partial_view
 
     box, cloud, _ = scene

@@ -24,10 +24,14 @@ Terms per grasp (``quality_terms``), all "lower is better" except the prior:
   1 with fewer than two parts in contact (a single contact cannot hold anything);
 * ``digits``       number of parts (of six) NOT within ``contact_mm`` of the surface;
 * ``stability``    0..1: the probability that the object falls (moves more than 2 cm in the
-  simulator's check): gradient-boosted trees (``fall_trees``) over the stability features of every
+  simulator's check): gradient-boosted trees (``boosted_trees``) over the stability features of every
   touching vertex (friction cones, balance, span, whether the contacts can carry the object's
   weight when ``gravity`` is known, ...; ``dvqvae_model.pipeline.stability``) and the terms above.
   Also returned: each stability feature as ``f_<name>``.
+* ``penetration_est``  cm^3: the learnt estimate of the penetration volume the evaluation would
+  measure (gradient-boosted trees over the terms above, the stability features and where the hand
+  lies behind a depth view's visible surface, ``view_shadow``; also returned as ``f_<name>``).
+  When present it stands in for ``penetration`` in the score and the hold cap.
 
 ``score = w_prior * prior - w_pen * penetration - w_contact * contact - w_closure * closure
 - w_digits * digits - w_stability * stability - w_no_contact * [no part touching]`` (higher is
@@ -41,7 +45,9 @@ objects, ``benchmarks/study_stability.py``) ranks grasps by how well they would 
 whose penetration term reaches ``stability_max_penetration`` (5) earns no hold credit, so the term
 never lifts a hand sunk into the object above one touching it (``tests/test_ranking.py``). On a
 one-sided view (one depth image: the cloud's normals mostly face the camera) the penetration term
-reads about 4x high, since a hand behind a thin object counts as inside, and the cap scales with it.
+reads about 4x high, since a hand behind a thin object counts as inside, and the cap scales with it;
+the learnt ``penetration_est`` (default) needs no such scaling and predicts the measured volume
+better on both kinds of cloud, so it replaces the term when its trees are there.
 ``benchmarks/bench_ranking.py`` reports the rank correlations.
 """
 from __future__ import annotations
@@ -54,13 +60,15 @@ import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
 
+from dvqvae_model.pipeline.boosted_trees import BUNDLED_PENETRATION, BoostedTrees, cached_trees
 from dvqvae_model.pipeline.force_closure import simplex_min_norm
 from dvqvae_model.pipeline.stability import StabilityModel, stability_features, stability_term
+from dvqvae_model.pipeline.view_shadow import shadow_features
 
 __all__ = ["CloudSurface", "GridSurface", "QualityWeights", "TERM_NAMES", "quality_terms", "combine_terms", "vertex_areas"]
 
 # the per-grasp terms, in the order published on grasps/scores after the total score
-TERM_NAMES: tuple[str, ...] = ("prior", "penetration", "contact", "closure", "digits", "stability")
+TERM_NAMES: tuple[str, ...] = ("prior", "penetration", "contact", "closure", "digits", "stability", "penetration_est")
 VERTEX_STRIDE = 2  # hand vertices queried by quality_terms: every second one (the cost is the search)
 NUM_PARTS = 6  # thumb, index, middle, ring, pinky, palm (hand_metadata.PART_NAMES)
 
@@ -94,6 +102,13 @@ class QualityWeights:
     one_sided: float = 0.35
     one_sided_penetration_scale: float = 4.0
     stability_model: StabilityModel = field(default_factory=StabilityModel)
+    # the learnt penetration estimate ``penetration_est`` (cm^3; boosted trees over the terms, the
+    # stability features and view_shadow's; "bundled": assets/penetration_trees.json, a path:
+    # another file, "": none). When present it stands in for the cloud's penetration term in the
+    # score (weighted by ``penetration_estimate``) and in the hold cap (no one-sided scaling: it is
+    # fitted on depth views too). Weight 4: chosen on validation objects (study_stability.py --sweep)
+    penetration_model: str = "bundled"
+    penetration_estimate: float = 4.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -273,7 +288,8 @@ def quality_terms(surface: CloudSurface | GridSurface, vertices: Tensor, part_id
     ``vertex_stride``-th vertex is queried (its area scaled up): the nearest-point search is the
     cost. Extra keys: ``part_distance [B*K, 6]`` (m) and ``depth`` ``[B*K, V']`` (m, >= 0); with
     ``features`` (off in refinement, whose energy has its own closure term) ``stability`` and the
-    stability features ``f_<name>`` (``stability.FEATURE_NAMES``). ``closure_iters``: iterations
+    stability features ``f_<name>`` (``stability.FEATURE_NAMES``) and, with
+    ``weights.penetration_model``, ``penetration_est`` and its ``view_shadow.SHADOW_NAMES`` features. ``closure_iters``: iterations
     of the closure weights' solver (refinement takes fewer: there the term only steers).
     ``gravity [B, 3]``: per object the unit direction the object is pulled in (the hands' frame),
     or None (unknown): the stability features ``g_resist`` / ``g_support`` need it.
@@ -325,7 +341,16 @@ def quality_terms(surface: CloudSurface | GridSurface, vertices: Tensor, part_id
         inputs = {**feats, **{k: out[k] for k in ("penetration", "contact", "closure", "digits", "one_sidedness")}}
         out["stability"] = stability_term(inputs, w.stability_model)
         out.update({f"f_{k}": v for k, v in feats.items()})
+        if w.penetration_model:
+            shadow = shadow_features(surface.points, surface.normals, surface.spacing, vertices, areas)
+            out.update({f"f_{k}": v for k, v in shadow.items()})
+            out["penetration_est"] = penetration_trees(w.penetration_model).predict_features({**inputs, **shadow})
     return out
+
+
+def penetration_trees(model: str) -> BoostedTrees:
+    """``QualityWeights.penetration_model``'s trees ("bundled" or a path), read once per process."""
+    return cached_trees(str(BUNDLED_PENETRATION) if model == "bundled" else str(model))
 
 
 def combine_terms(prior: Tensor, terms: dict[str, Tensor], weights: Optional[QualityWeights] = None) -> Tensor:
@@ -333,10 +358,14 @@ def combine_terms(prior: Tensor, terms: dict[str, Tensor], weights: Optional[Qua
     w = weights or QualityWeights()
     stability = terms.get("stability", torch.zeros_like(prior))
     cap = torch.full_like(prior, w.stability_max_penetration)
-    if "one_sidedness" in terms:
-        cap = torch.where(terms["one_sidedness"] >= w.one_sided, cap * w.one_sided_penetration_scale, cap)
-    stability = torch.where(terms["penetration"] < cap, stability, torch.ones_like(stability))
-    return (w.prior * prior - w.penetration * terms["penetration"] - w.contact * terms["contact"]
+    if "penetration_est" in terms:
+        penetration, weight = terms["penetration_est"], w.penetration_estimate
+    else:
+        penetration, weight = terms["penetration"], w.penetration
+        if "one_sidedness" in terms:
+            cap = torch.where(terms["one_sidedness"] >= w.one_sided, cap * w.one_sided_penetration_scale, cap)
+    stability = torch.where(penetration < cap, stability, torch.ones_like(stability))
+    return (w.prior * prior - weight * penetration - w.contact * terms["contact"]
             - w.closure * terms["closure"] - w.digits * terms["digits"]
             - w.stability * stability
             - w.no_contact * (terms["digits"] >= NUM_PARTS).to(prior.dtype))

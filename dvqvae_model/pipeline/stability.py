@@ -49,7 +49,7 @@ logistic model counts their standardised value as 0.
 ``stability_term`` (``StabilityModel``) turns them into one "lower is better" term for the ranking
 score: the probability that the object falls (moves more than 2 cm in the simulator's check), by
 default from gradient-boosted trees over every feature and the ranking's other terms
-(``fall_trees``, ``TREE_INPUTS``), else from a logistic model of a few features; both fitted on
+(``boosted_trees``, ``TREE_INPUTS``), else from a logistic model of a few features; both fitted on
 validation-split objects (``benchmarks/study_stability.py``).
 """
 from __future__ import annotations
@@ -224,15 +224,9 @@ def stability_term(features: dict[str, Tensor], model: Optional[StabilityModel] 
     stability features, and for trees the ranking's other terms as well (``TREE_INPUTS``)."""
     m = model or StabilityModel()
     if m.trees:
-        from dvqvae_model.pipeline.fall_trees import cached_trees
+        from dvqvae_model.pipeline.boosted_trees import cached_trees
 
-        trees = cached_trees() if m.trees == "bundled" else cached_trees(str(m.trees))
-        missing = [c for c in trees.columns if c not in features]
-        if missing:
-            raise ValueError(f"the fall trees need {missing} (stability_term's features dict)")
-        ref = features[trees.columns[0]]
-        x = torch.stack([features[c].to(torch.float64).expand_as(ref) for c in trees.columns], 1)
-        return torch.from_numpy(trees.probability(x.cpu().numpy())).to(ref.dtype).to(ref.device)
+        return (cached_trees() if m.trees == "bundled" else cached_trees(str(m.trees))).predict_features(features)
     logit = torch.full_like(features["coverage"], float(m.intercept))
     for name, mean, std, coef in zip(m.features, m.mean, m.std, m.coef):
         z = (features[name] - float(mean)) / float(std)
