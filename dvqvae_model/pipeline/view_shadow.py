@@ -35,6 +35,7 @@ __all__ = ["SHADOW_NAMES", "shadow_features", "view_axes"]
 SHADOW_NAMES: tuple[str, ...] = ("behind_1cm", "behind_2cm", "behind_thick", "behind_area", "thickness")
 MARGIN = 0.002  # m: closer than this behind the surface counts as on it (sensor noise, normals)
 GRAZING = 0.3  # |cos| between a normal and the view below which its tangent plane is not trusted
+STRIDE = 2  # of the vertices the ranking gives (every 2nd of the hand's): 4.5 ms instead of 9 for 64 hands
 
 
 def view_axes(normals: np.ndarray) -> np.ndarray:
@@ -78,12 +79,15 @@ def _one_cloud(points: np.ndarray, normals: np.ndarray, spacing: float, vertices
 
 
 def shadow_features(points: Tensor, normals: Tensor, spacing: Tensor, vertices: Tensor,
-                    areas: Tensor) -> dict[str, Tensor]:
+                    areas: Tensor, stride: int = STRIDE) -> dict[str, Tensor]:
     """``SHADOW_NAMES`` -> ``[B*K]`` for hands ``vertices [B*K, V, 3]`` against clouds ``points
     [B, M, 3]`` with their ``normals`` and point ``spacing [B, 1]``; ``areas [V]`` per vertex (m^2).
+    Every ``stride``-th vertex is looked at (its area scaled up): the line-of-sight search is the cost.
 
     Not differentiable (the ranking's, not refinement's): computed on the CPU with numpy.
     """
+    if stride > 1:
+        vertices, areas = vertices[:, ::stride], areas[::stride] * float(stride)
     b = points.shape[0]
     per = vertices.shape[0] // b
     p, n, s = (t.detach().cpu().double().numpy() for t in (points, normals, spacing))
