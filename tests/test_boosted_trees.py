@@ -95,3 +95,15 @@ def test_an_offset_needs_its_column_and_the_log_link(fitted) -> None:
         BoostedTrees.from_dict({**trees.to_dict(), "link": "log1p", "offset": "zz"})
     with pytest.raises(ValueError, match="offset"):
         BoostedTrees.from_dict({**trees.to_dict(), "offset": "a"})
+
+
+def test_a_generator_with_a_bad_trees_file_fails_when_made(tmp_path) -> None:
+    from dvqvae_model.pipeline.generator import _learnt_models
+    from dvqvae_model.pipeline.grasp_quality import QualityWeights
+
+    _learnt_models(QualityWeights())  # the bundled files read
+    (tmp_path / "bad.json").write_text('{"format": "pickle"}')
+    for path in (tmp_path / "missing.json", tmp_path / "bad.json"):
+        with pytest.raises(ValueError, match="penetration_model.*cannot read its trees"):
+            _learnt_models(QualityWeights(penetration_model=str(path)))
+    _learnt_models(QualityWeights(penetration_model=""))  # none asked for: nothing to read

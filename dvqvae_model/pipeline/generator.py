@@ -53,6 +53,22 @@ MAX_OBJECT_EXTENT = 1.0
 JOINTS_FROM_KEYPOINTS: tuple[int, ...] = tuple(KEYPOINT_SOURCE.index(j) for j in range(16))
 
 
+def _learnt_models(weights: QualityWeights) -> None:
+    """Read the ranking's tree files (fall, penetration) now, so that a bad path or file is an error
+    naming it when the generator is made, not on the first cloud."""
+    from dvqvae_model.pipeline.boosted_trees import BUNDLED, BUNDLED_PENETRATION, cached_trees
+
+    fall, pen = weights.stability_model.trees, weights.penetration_model
+    files = {"stability_model.trees": str(BUNDLED) if fall == "bundled" else fall,
+             "penetration_model": str(BUNDLED_PENETRATION) if pen == "bundled" else pen}
+    for field_name, path in files.items():
+        if path:
+            try:
+                cached_trees(str(path))
+            except (OSError, ValueError, KeyError) as e:
+                raise ValueError(f"QualityWeights.{field_name} {path!r}: cannot read its trees ({e})") from e
+
+
 @dataclass
 class GraspSet:
     """K grasps for one object, best first, in the frame of the input points (metres)."""
@@ -163,6 +179,7 @@ class GraspGenerator:
         _unit_gravity(gravity)  # a bad value fails here, not on the first cloud
         self.gravity = gravity
         self.quality_weights = quality_weights or QualityWeights()
+        _learnt_models(self.quality_weights)  # a missing or malformed trees file fails here too
         # ranking measures penetration and contact itself (score_candidates): the graph then scores by
         # the prior alone instead of computing the same geometry a second time, unless a prebuilt
         # artifact fixes the graph's score (the ranking recovers the prior from either)

@@ -34,7 +34,9 @@ Terms per grasp (``quality_terms``), all "lower is better" except the prior:
   When present it stands in for ``penetration`` in the score and the hold cap.
 
 ``score = w_prior * prior - w_pen * penetration - w_contact * contact - w_closure * closure
-- w_digits * digits - w_stability * stability - w_no_contact * [no part touching]`` (higher is
+- w_digits * digits - w_stability * stability - w_no_contact * [no part touching]``, with
+``penetration_estimate * penetration_est`` in place of ``w_pen * penetration`` when the estimate is
+there (the default) (higher is
 better). The first weights were chosen on validation-split objects (not the test split) by the
 mean Q of the 8 kept of 32 sampled grasps, measured with the independent metrics
 (``dvqvae_training.evaluate.metrics`` / ``physics``). Among this model's samples penetration and
@@ -289,8 +291,9 @@ def quality_terms(surface: CloudSurface | GridSurface, vertices: Tensor, part_id
     cost. Extra keys: ``part_distance [B*K, 6]`` (m) and ``depth`` ``[B*K, V']`` (m, >= 0); with
     ``features`` (off in refinement, whose energy has its own closure term) ``stability`` and the
     stability features ``f_<name>`` (``stability.FEATURE_NAMES``) and, with
-    ``weights.penetration_model``, ``penetration_est`` and its ``view_shadow.SHADOW_NAMES`` features. ``closure_iters``: iterations
-    of the closure weights' solver (refinement takes fewer: there the term only steers).
+    ``weights.penetration_model``, ``penetration_est`` and its inputs ``view_shadow.SHADOW_NAMES``
+    (as ``f_<name>``). ``closure_iters``: iterations of the closure weights' solver (refinement
+    takes fewer: there the term only steers).
     ``gravity [B, 3]``: per object the unit direction the object is pulled in (the hands' frame),
     or None (unknown): the stability features ``g_resist`` / ``g_support`` need it.
     """
