@@ -25,8 +25,9 @@ into ``StabilityModel``; ``--sweep`` ranks with the code's ``combine_terms`` and
 probability while one ``QualityWeights`` field takes other values; ``--gbt`` cross-validates the
 fall trees (``dvqvae_model.pipeline.boosted_trees``) the same way and ``--save-trees`` fits them on
 every candidate and writes the JSON the package ships; it also cross-validates the penetration
-trees (the learnt ``penetration_est``) and ranks with both, and ``--save-pen-trees`` saves those. Terms and features are computed with the
-simulator's gravity direction (+y of the input frame) unless ``--no-gravity``.
+trees (the learnt ``penetration_est``) and ranks with both, and ``--save-pen-trees`` saves those.
+Terms and features are computed with the simulator's gravity direction (+y of the input frame)
+unless ``--no-gravity``.
 """
 from __future__ import annotations
 
@@ -395,11 +396,15 @@ def _fit_pen_trees(clouds: list[dict]):
     m = HistGradientBoostingRegressor(max_iter=150, learning_rate=0.05, max_leaf_nodes=8, min_samples_leaf=40,
                                       monotonic_cst=[1 if n in up else 0 for n in names], random_state=0)
     return m.fit(np.concatenate([_tree_inputs(c, names) for c in clouds]),
-                 np.concatenate([np.log1p(np.maximum(c["pen"], 0.0)) - _log_term(c) for c in clouds]))
+                 np.concatenate([np.log1p(np.maximum(c["pen"], 0.0))
+                                 - np.log1p(np.maximum(np.asarray(c["penetration"], np.float64), 0.0)) for c in clouds]))
 
 
-def _log_term(c: dict) -> np.ndarray:
-    return np.log1p(np.maximum(np.asarray(c["penetration"], np.float64), 0.0))
+def _pen_trees(m):
+    """The fitted penetration trees as the package evaluates them (a factor on the cloud's term)."""
+    from dvqvae_model.pipeline.boosted_trees import trees_from_sklearn
+
+    return trees_from_sklearn(m, _pen_inputs(), "penetration volume cm^3 (1 mm lattice)", offset="penetration")
 
 
 def _compare_trees(data: dict[str, list[dict]], clouds: list[dict], fold: dict[str, int], args) -> None:
@@ -422,10 +427,10 @@ def _compare_trees(data: dict[str, list[dict]], clouds: list[dict], fold: dict[s
     _sweep(data, held, args, "trees, ")
     pen: dict[int, np.ndarray] = {}
     for k in range(5):
-        m = _fit_pen_trees([c for c in clouds if fold[c["object"]] != k])
+        trees = _pen_trees(_fit_pen_trees([c for c in clouds if fold[c["object"]] != k]))
         for c in clouds:
             if fold[c["object"]] == k:
-                pen[id(c)] = np.expm1(m.predict(_tree_inputs(c, _pen_inputs())) + _log_term(c))
+                pen[id(c)] = trees.predict(_tree_inputs(c, trees.columns))
     sp = [[np.nanmean([spearman(x, c["pen"]) for c in data[v] for x in (pen[id(c)] if learnt else c["penetration"],)])
            for v in ("full", "partial")] for learnt in (False, True)]
     print(f"  penetration trees on {len(_pen_inputs())} inputs (held out): Spearman vs measured penetration "
@@ -435,11 +440,10 @@ def _compare_trees(data: dict[str, list[dict]], clouds: list[dict], fold: dict[s
               + "   ".join(_kept_with(data, held, args.keep, pen, penetration_estimate=wt)))
     _sweep(data, held, args, "fall + penetration trees, ", pen)
     if args.save_pen_trees:
-        names = _pen_inputs()
         m = _fit_pen_trees(clouds)
-        trees = trees_from_sklearn(m, names, "penetration volume cm^3 (1 mm lattice)", offset="penetration")
-        x = np.concatenate([_tree_inputs(c, names) for c in clouds])
-        gap = float(np.abs(np.log1p(trees.predict(x)) - m.predict(x) - np.log1p(np.maximum(x[:, names.index("penetration")], 0))).max())
+        trees = _pen_trees(m)
+        x = np.concatenate([_tree_inputs(c, trees.columns) for c in clouds])
+        gap = float(np.abs(trees.raw(x) - m.predict(x)).max())
         if gap > 1e-5:
             raise SystemExit(f"the exported penetration trees differ from scikit-learn's by {gap:g}")
         print(f"  penetration trees fitted on all candidates saved to {trees.save(args.save_pen_trees)} "

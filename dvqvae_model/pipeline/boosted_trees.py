@@ -32,7 +32,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["FORMAT", "BoostedTrees", "cached_trees", "trees_from_sklearn"]
+__all__ = ["FORMAT", "BoostedTrees", "cached_trees", "configured_trees", "trees_from_sklearn"]
 
 FORMAT = "dvqvae-boosted-trees/1"
 _FALL_FORMAT = "dvqvae-fall-trees/1"  # the first files: fall trees only, logistic
@@ -151,6 +151,16 @@ def cached_trees(path: str = str(BUNDLED)) -> BoostedTrees:
     """The trees in ``path`` (default: the fall trees shipped with the package), read once per
     process: the ranking asks for them on every call."""
     return BoostedTrees.load(path)
+
+
+def configured_trees(setting: str, bundled: Path = BUNDLED) -> BoostedTrees:
+    """The trees a setting names ("bundled": the package's file ``bundled``; else a path), read once
+    per process; ValueError naming the file when it cannot be read."""
+    path = str(bundled) if setting == "bundled" else str(setting)
+    try:
+        return cached_trees(path)
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{path!r}: cannot read its trees ({e})") from e
 
 
 def trees_from_sklearn(model: Any, columns: Sequence[str], target: str, offset: str = "") -> BoostedTrees:

@@ -56,17 +56,15 @@ JOINTS_FROM_KEYPOINTS: tuple[int, ...] = tuple(KEYPOINT_SOURCE.index(j) for j in
 def _learnt_models(weights: QualityWeights) -> None:
     """Read the ranking's tree files (fall, penetration) now, so that a bad path or file is an error
     naming it when the generator is made, not on the first cloud."""
-    from dvqvae_model.pipeline.boosted_trees import BUNDLED, BUNDLED_PENETRATION, cached_trees
+    from dvqvae_model.pipeline.boosted_trees import BUNDLED, BUNDLED_PENETRATION, configured_trees
 
-    fall, pen = weights.stability_model.trees, weights.penetration_model
-    files = {"stability_model.trees": str(BUNDLED) if fall == "bundled" else fall,
-             "penetration_model": str(BUNDLED_PENETRATION) if pen == "bundled" else pen}
-    for field_name, path in files.items():
-        if path:
+    for field_name, setting, bundled in (("stability_model.trees", weights.stability_model.trees, BUNDLED),
+                                         ("penetration_model", weights.penetration_model, BUNDLED_PENETRATION)):
+        if setting:
             try:
-                cached_trees(str(path))
-            except (OSError, ValueError, KeyError) as e:
-                raise ValueError(f"QualityWeights.{field_name} {path!r}: cannot read its trees ({e})") from e
+                configured_trees(setting, bundled)
+            except ValueError as e:
+                raise ValueError(f"QualityWeights.{field_name}: {e}") from e
 
 
 @dataclass

@@ -62,7 +62,7 @@ import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from dvqvae_model.pipeline.boosted_trees import BUNDLED_PENETRATION, BoostedTrees, cached_trees
+from dvqvae_model.pipeline.boosted_trees import BUNDLED_PENETRATION, configured_trees
 from dvqvae_model.pipeline.force_closure import simplex_min_norm
 from dvqvae_model.pipeline.stability import StabilityModel, stability_features, stability_term
 from dvqvae_model.pipeline.view_shadow import shadow_features
@@ -347,13 +347,10 @@ def quality_terms(surface: CloudSurface | GridSurface, vertices: Tensor, part_id
         if w.penetration_model:
             shadow = shadow_features(surface.points, surface.normals, surface.spacing, vertices, areas)
             out.update({f"f_{k}": v for k, v in shadow.items()})
-            out["penetration_est"] = penetration_trees(w.penetration_model).predict_features({**inputs, **shadow})
+            trees = configured_trees(w.penetration_model, BUNDLED_PENETRATION)
+            out["penetration_est"] = trees.predict_features({**inputs, **shadow})
     return out
 
-
-def penetration_trees(model: str) -> BoostedTrees:
-    """``QualityWeights.penetration_model``'s trees ("bundled" or a path), read once per process."""
-    return cached_trees(str(BUNDLED_PENETRATION) if model == "bundled" else str(model))
 
 
 def combine_terms(prior: Tensor, terms: dict[str, Tensor], weights: Optional[QualityWeights] = None) -> Tensor:

@@ -224,9 +224,9 @@ def stability_term(features: dict[str, Tensor], model: Optional[StabilityModel] 
     stability features, and for trees the ranking's other terms as well (``TREE_INPUTS``)."""
     m = model or StabilityModel()
     if m.trees:
-        from dvqvae_model.pipeline.boosted_trees import cached_trees
+        from dvqvae_model.pipeline.boosted_trees import configured_trees
 
-        return (cached_trees() if m.trees == "bundled" else cached_trees(str(m.trees))).predict_features(features)
+        return configured_trees(m.trees).predict_features(features)
     logit = torch.full_like(features["coverage"], float(m.intercept))
     for name, mean, std, coef in zip(m.features, m.mean, m.std, m.coef):
         z = (features[name] - float(mean)) / float(std)

@@ -41,7 +41,8 @@ STRIDE = 2  # of the vertices the ranking gives (every 2nd of the hand's): 4.5 m
 def view_axes(normals: np.ndarray) -> np.ndarray:
     """Rows (view direction towards the camera, two axes across it) from one cloud's normals [M, 3]."""
     m = normals.mean(0)
-    d = m / max(float(np.linalg.norm(m)), 1e-9) if np.linalg.norm(m) > 1e-9 else np.array([0.0, 0.0, 1.0])
+    norm = float(np.linalg.norm(m))
+    d = m / norm if norm > 1e-9 else np.array([0.0, 0.0, 1.0])
     helper = np.array([1.0, 0.0, 0.0]) if abs(d[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
     a = np.cross(d, helper)
     a /= np.linalg.norm(a)
@@ -94,5 +95,5 @@ def shadow_features(points: Tensor, normals: Tensor, spacing: Tensor, vertices: 
     v = vertices.detach().cpu().double().numpy().reshape(b, per, vertices.shape[1], 3)
     a = areas.detach().cpu().double().numpy()
     out = np.concatenate([_one_cloud(p[i], n[i], float(s[i].reshape(-1)[0]), v[i], a) for i in range(b)])
-    ref = vertices
-    return {name: torch.from_numpy(out[:, j]).to(ref.dtype).to(ref.device) for j, name in enumerate(SHADOW_NAMES)}
+    return {name: torch.from_numpy(out[:, j]).to(vertices.dtype).to(vertices.device)
+            for j, name in enumerate(SHADOW_NAMES)}
