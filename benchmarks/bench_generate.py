@@ -13,8 +13,10 @@ ranking, refinement, total) and its total's ratio to the first row. Rows:
   before the graph learnt to skip it; same grasps, same scores);
 * ``logistic, no gravity``: the logistic fall model instead of the trees (``StabilityModel(trees="")``)
   and gravity unknown (no weight-carrying features): what the trees and gravity cost;
-* ``cloud penetration term``: no penetration trees (``QualityWeights(penetration_model="")``): the
-  cloud's own term ranks, as before the learnt estimate; what the estimate and its view-shadow
+* ``no displacement estimate``: no displacement trees (``QualityWeights(displacement_model="")``):
+  the weighted score with the fall probability, as before the estimated Q; what those trees cost;
+* ``cloud penetration term``: neither learnt estimate (``penetration_model=""``,
+  ``displacement_model=""``): the cloud's own term ranks; what the estimates and their view-shadow
   features cost;
 * ``N candidates``: the defaults with another candidate count (``--candidates``);
 * ``raw``: ranking off, K sampled (the path for callers that need it faster).
@@ -55,8 +57,10 @@ def variants(args) -> dict[str, GraspGenerator]:
            "graph geometry": GraspGenerator.from_checkpoint(path, score_weights=ScoreWeights(), **opts),
            "logistic, no gravity": GraspGenerator.from_checkpoint(path, quality_weights=logistic,
                                                                   **{**opts, "gravity": None}),
+           "no displacement estimate": GraspGenerator.from_checkpoint(
+               path, quality_weights=QualityWeights(displacement_model=""), **opts),
            "cloud penetration term": GraspGenerator.from_checkpoint(
-               path, quality_weights=QualityWeights(penetration_model=""), **opts)}
+               path, quality_weights=QualityWeights(penetration_model="", displacement_model=""), **opts)}
     for c in (int(x) for x in args.candidates.split(",") if x.strip()):
         if c != DEFAULTS.candidates:
             out[f"{c} candidates"] = GraspGenerator.from_checkpoint(path, **{**opts, "candidates": c})
@@ -90,10 +94,10 @@ def main(argv=None) -> None:
     base = float(np.median([t["total_ms"] for t in times["defaults"]]))
     print(f"generate() on a 3000-point mug cloud, K={args.grasps}, {args.threads} thread(s), {rounds} interleaved rounds "
           f"(p50 ms per stage):")
-    print(f"  {'variant':<22}" + "".join(f"{s[:-3]:>12}" for s in STAGES) + f"{'vs defaults':>13}")
+    print(f"  {'variant':<26}" + "".join(f"{s[:-3]:>12}" for s in STAGES) + f"{'vs defaults':>13}")
     for name, ts in times.items():
         med = {s: float(np.median([t[s] for t in ts])) for s in STAGES}
-        print(f"  {name:<22}" + "".join(f"{med[s]:>12.1f}" for s in STAGES) + f"{med['total_ms'] / base:>12.2f}x")
+        print(f"  {name:<26}" + "".join(f"{med[s]:>12.1f}" for s in STAGES) + f"{med['total_ms'] / base:>12.2f}x")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     python benchmarks/score_variants.py --view partial --max-objects 60 \
         --variant cap5:one_sided=1e9 --variant default: --variant cap20:stability_max_penetration=20,one_sided=1e9
+    python benchmarks/score_variants.py --view partial --variant default: --variant no_disp_est:displacement_model=
 
 For each object (its full surface cloud, or one simulated depth view as ``dvqvae-eval
 --partial-view`` makes it), the bundled model samples ``--candidates`` grasps once (the node's
@@ -35,17 +36,31 @@ from dvqvae_training.evaluate.metrics import (ObjectGeometry, contact_flags, pen
                                               quality_index)
 
 
+# the learnt estimates a variant can switch off ("" = none): their terms are then left out of its score
+ESTIMATES = {"penetration_model": "penetration_est", "displacement_model": "displacement_est"}
+
+
 def parse_variant(text: str) -> tuple[str, QualityWeights]:
-    """``NAME:field=value,...`` -> (name, QualityWeights with those fields replaced)."""
+    """``NAME:field=value,...`` -> (name, QualityWeights with those fields replaced): float fields,
+    or ``penetration_model=`` / ``displacement_model=`` (empty: score without that learnt estimate)."""
     name, _, rest = text.partition(":")
     fields = {f.name: f for f in dataclasses.fields(QualityWeights)}
-    changes: dict[str, float] = {}
+    changes: dict[str, float | str] = {}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
+        if sep and key in ESTIMATES and value in ("", "bundled"):
+            changes[key] = value
+            continue
         if not sep or key not in fields or fields[key].type not in ("float", float):
-            raise ValueError(f"--variant {text!r}: {item!r} is not FIELD=NUMBER of a float QualityWeights field")
+            raise ValueError(f"--variant {text!r}: {item!r} is not FIELD=NUMBER of a float QualityWeights field "
+                             f"(or {'= / '.join(ESTIMATES)}= with an empty value)")
         changes[key] = float(value)
     return name or "default", QualityWeights(**changes)
+
+
+def variant_terms(terms: dict[str, torch.Tensor], weights: QualityWeights) -> dict[str, torch.Tensor]:
+    """The terms a variant scores with: without the estimates it switches off."""
+    return {k: v for k, v in terms.items() if k not in {t for f, t in ESTIMATES.items() if not getattr(weights, f)}}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -81,7 +96,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         surface = CloudSurface(torch.from_numpy(gen._prepare(obj.points, i).points)[None])
         terms["one_sidedness"] = surface.one_sidedness.expand(len(gs))
         one_sided += int(float(surface.one_sidedness[0]) >= QualityWeights().one_sided)
-        picks = {k: np.argsort(-combine_terms(terms["prior"], terms, w).numpy(), kind="stable")[: args.keep]
+        picks = {k: np.argsort(-combine_terms(terms["prior"], variant_terms(terms, w), w).numpy(),
+                               kind="stable")[: args.keep]
                  for k, w in variants.items()}
         union = sorted(set(np.concatenate(list(picks.values())).tolist()))
         geo = ObjectGeometry(obj.mesh)

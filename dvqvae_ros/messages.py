@@ -13,11 +13,12 @@ Conventions (documented for consumers):
   the knuckle (MCP) to the tip. Orientations are identity.
 - ``grasps/mano`` (Float32MultiArray): K x 61 row-major; dim 0 "grasp", dim 1
   labelled ``MANO_LAYOUT_LABEL`` = "param:betas[10],global_orient[3],hand_pose[45],transl[3]".
-- ``grasps/scores`` (Float32MultiArray): K x 8 row-major, same order as the poses (best
+- ``grasps/scores`` (Float32MultiArray): K x 9 row-major, same order as the poses (best
   first); dim 0 "grasp", dim 1 labelled ``SCORES_LAYOUT_LABEL`` =
-  "term:score,prior,penetration,contact,closure,digits,stability,penetration_est": the total score
-  (higher is better) and what it is made of (penetration_est: the learnt estimate of the volume in
-  cm^3) (``dvqvae_model.pipeline.grasp_quality``; NaN for terms not computed, e.g. on
+  "term:score,prior,penetration,contact,closure,digits,stability,penetration_est,displacement_est":
+  the total score (higher is better; by default minus the estimated Q) and what it is made of
+  (penetration_est / displacement_est: the learnt estimates of the evaluation's penetration volume
+  in cm^3 and simulated displacement in cm) (``dvqvae_model.pipeline.grasp_quality``; NaN for terms not computed, e.g. on
   the raw path where only the graph's score exists). Published right after ``grasps/mano``
   for the same cloud.
 - ``grasps/joint_states`` (JointState): the best grasp's 15 finger joints in
@@ -84,7 +85,8 @@ PARAM_DIM = 61
 GLOBAL_ORIENT = slice(10, 13)
 HAND_POSE = slice(13, 58)
 MANO_LAYOUT_LABEL = "param:betas[10],global_orient[3],hand_pose[45],transl[3]"
-SCORE_COLUMNS = ("score", "prior", "penetration", "contact", "closure", "digits", "stability", "penetration_est")  # = score + grasp_quality.TERM_NAMES
+SCORE_COLUMNS = ("score", "prior", "penetration", "contact", "closure", "digits", "stability", "penetration_est",
+                 "displacement_est")  # = score + grasp_quality.TERM_NAMES
 SCORES_LAYOUT_LABEL = "term:" + ",".join(SCORE_COLUMNS)
 
 MANO_PARENTS = (-1, 0, 1, 2, 0, 4, 5, 0, 7, 8, 0, 10, 11, 0, 13, 14)

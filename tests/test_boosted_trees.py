@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-from dvqvae_model.pipeline.boosted_trees import BUNDLED_PENETRATION, BoostedTrees, cached_trees, trees_from_sklearn
+from dvqvae_model.pipeline.boosted_trees import BUNDLED_DISPLACEMENT, BUNDLED_PENETRATION, BoostedTrees, cached_trees, trees_from_sklearn
 from dvqvae_model.pipeline.stability import TREE_INPUTS
 from dvqvae_model.pipeline.view_shadow import SHADOW_NAMES
 
@@ -89,6 +89,14 @@ def test_bundled_penetration_trees_read_the_terms_and_the_view_shadow() -> None:
     np.testing.assert_allclose((1 + est[1:]) / (1 + est[:-1]), (201 / 101, 401 / 201), rtol=0.05)
 
 
+def test_bundled_displacement_trees_read_the_terms_and_the_view_shadow() -> None:
+    trees = cached_trees(str(BUNDLED_DISPLACEMENT))
+    assert trees.columns == TREE_INPUTS + SHADOW_NAMES and trees.link == "log1p" and not trees.offset
+    assert trees.target.startswith("displacement cm")
+    est = trees.predict(np.random.default_rng(0).uniform(0.0, 5.0, size=(64, len(trees.columns))))
+    assert np.all(np.isfinite(est) & (est >= 0))  # cm; what it says of grasps: tests/test_stability.py
+
+
 def test_an_offset_needs_its_column_and_the_log_link(fitted) -> None:
     _, trees = fitted
     with pytest.raises(ValueError, match="offset"):
@@ -106,4 +114,6 @@ def test_a_generator_with_a_bad_trees_file_fails_when_made(tmp_path) -> None:
     for path in (tmp_path / "missing.json", tmp_path / "bad.json"):
         with pytest.raises(ValueError, match="penetration_model.*cannot read its trees"):
             _learnt_models(QualityWeights(penetration_model=str(path)))
-    _learnt_models(QualityWeights(penetration_model=""))  # none asked for: nothing to read
+        with pytest.raises(ValueError, match="displacement_model.*cannot read its trees"):
+            _learnt_models(QualityWeights(displacement_model=str(path)))
+    _learnt_models(QualityWeights(penetration_model="", displacement_model=""))  # none asked for: nothing to read

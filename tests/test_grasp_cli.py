@@ -36,9 +36,9 @@ def _check_outputs(out: Path, k: int) -> dict[str, np.ndarray]:
     assert data["mano"].shape == (k, 61)
     assert data["keypoints"].shape == (k, 21, 3)
     assert data["scores"].shape == (k,) and np.all(np.diff(data["scores"]) <= 0)
-    assert data["score_terms"].shape == (k, 7)
+    assert data["score_terms"].shape == (k, 8)
     assert list(data["score_term_names"]) == ["prior", "penetration", "contact", "closure", "digits", "stability",
-                                              "penetration_est"]
+                                              "penetration_est", "displacement_est"]
     assert data["faces"].shape[1] == 3 and data["sealed_faces"].shape[1] == 3
     assert sorted(p.name for p in out.glob("grasp_*.ply")) == [f"grasp_{i:02d}.ply" for i in range(k)]
     assert (out / "object_points.ply").stat().st_size > 0

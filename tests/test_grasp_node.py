@@ -220,9 +220,9 @@ def test_cloud_yields_every_output(harness, checkpoint) -> None:
 
     scores = h.inbox["scores"][0]
     assert [d.label for d in scores.layout.dim] == ["grasp", "term:score,prior,penetration,contact,closure,digits,stability,"
-                                                             "penetration_est"]
+                                                             "penetration_est,displacement_est"]
     table = np.asarray(scores.data, dtype=np.float32).reshape(scores.layout.dim[0].size, scores.layout.dim[1].size)
-    assert table.shape == (k, 8) and np.all(np.isfinite(table)), table  # the node's defaults rank: every term
+    assert table.shape == (k, 9) and np.all(np.isfinite(table)), table  # the node's defaults rank: every term
     assert np.all(np.diff(table[:, 0]) <= 0), "scores are published best first, like the poses"
     assert np.all(table[:, 5] >= 0) and np.all(table[:, 5] <= 6)  # parts not touching, of six
     assert np.all(table[:, 6] >= 0) and np.all(table[:, 6] <= 1)  # the fall probability

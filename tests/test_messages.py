@@ -238,16 +238,19 @@ def test_scores_message_layout() -> None:
     scores = np.array([2.0, 1.0, -3.0], dtype=np.float32)
     terms = {"prior": np.array([-1.0, -2.0, -3.0]), "penetration": np.array([0.5, 1.0, 4.0]),
              "contact": np.zeros(3), "closure": np.array([0.1, 0.2, 1.0]), "digits": np.array([1.0, 2.0, 6.0]),
-             "stability": np.array([0.2, 0.5, 0.9]), "penetration_est": np.array([0.3, 0.8, 5.0])}
+             "stability": np.array([0.2, 0.5, 0.9]), "penetration_est": np.array([0.3, 0.8, 5.0]),
+             "displacement_est": np.array([0.4, 1.5, 9.0])}
     msg = m.scores_message(scores, terms)
     assert [d.label for d in msg.layout.dim] == ["grasp", m.SCORES_LAYOUT_LABEL]
-    assert m.SCORES_LAYOUT_LABEL == "term:score,prior,penetration,contact,closure,digits,stability,penetration_est"
-    assert [d.size for d in msg.layout.dim] == [3, 8] and [d.stride for d in msg.layout.dim] == [24, 8]
-    table = np.asarray(msg.data, dtype=np.float32).reshape(3, 8)
+    assert m.SCORES_LAYOUT_LABEL == ("term:score,prior,penetration,contact,closure,digits,stability,penetration_est,"
+                                     "displacement_est")
+    assert [d.size for d in msg.layout.dim] == [3, 9] and [d.stride for d in msg.layout.dim] == [27, 9]
+    table = np.asarray(msg.data, dtype=np.float32).reshape(3, 9)
     np.testing.assert_array_equal(table[:, 0], scores)
     np.testing.assert_array_equal(table[:, 2], terms["penetration"])
     np.testing.assert_array_equal(table[:, 5], terms["digits"])
     np.testing.assert_allclose(table[:, 6], terms["stability"])
     np.testing.assert_allclose(table[:, 7], terms["penetration_est"])
-    raw = np.asarray(m.scores_message(scores).data, dtype=np.float32).reshape(3, 8)  # the raw path: score only
+    np.testing.assert_allclose(table[:, 8], terms["displacement_est"])
+    raw = np.asarray(m.scores_message(scores).data, dtype=np.float32).reshape(3, 9)  # the raw path: score only
     assert np.isnan(raw[:, 1:]).all() and np.array_equal(raw[:, 0], scores)

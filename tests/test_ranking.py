@@ -137,7 +137,7 @@ def test_generator_keeps_the_best_candidates(hand, scene, gen, monkeypatch) -> N
     pen = penetration(hand, torch.from_numpy(gs.params), box)
     assert len(gs) == 4 and (pen < 0.5).all(), pen
     assert np.all(np.diff(gs.scores) <= 0) and set(gs.terms) == {"prior", "penetration", "contact", "closure", "digits",
-                                                                      "stability", "penetration_est"}
+                                                                      "stability", "penetration_est", "displacement_est"}
     raw = GraspGenerator(gen[0], gen[1], hand=hand, num_points=1024, ranking=False)
     assert raw.num_candidates(4, 8) == 4 and g.num_candidates(4) == 8
 
@@ -294,11 +294,12 @@ def test_cloud_surface_nearest_point_search_is_exact() -> None:
 
 @pytest.mark.parametrize("model", ["bundled", ""])
 def test_a_deep_grasp_earns_no_hold_credit(hand, scene, model) -> None:
-    """The stability credit stops at ``stability_max_penetration``: past it a grasp scores as if it
-    falls, by the learnt penetration estimate (default) or by the cloud's term (no penetration model)."""
+    """Without the displacement estimate the score is the weighted sum with the fall probability: its
+    stability credit stops at ``stability_max_penetration``, past which a grasp scores as if it falls,
+    by the learnt penetration estimate or by the cloud's term (no penetration model)."""
     box, cloud, normal = scene
     params = grasps_at(normal, [0.0, 0.015], SIDE[:2], hand)
-    w = QualityWeights(penetration_model=model)
+    w = QualityWeights(penetration_model=model, displacement_model="")
     with torch.no_grad():
         out = hand.from_params(params)
         terms = quality_terms(CloudSurface(torch.from_numpy(cloud)[None]), out.vertices, hand.part_ids,
@@ -311,6 +312,25 @@ def test_a_deep_grasp_earns_no_hold_credit(hand, scene, model) -> None:
     lost = (uncapped - capped).numpy()
     assert lost[0] == 0.0  # the shallow grasp keeps its credit
     assert lost[1] == pytest.approx(w.stability * (1.0 - float(terms["stability"][1])), rel=1e-5)
+
+
+def test_the_default_score_is_minus_the_estimated_q(hand, scene) -> None:
+    """With both learnt estimates (the defaults) a grasp is worth minus the evaluation's Q as they
+    estimate it (0.301 penetration + 0.699 displacement), and a hand that touches nothing is pushed
+    below them all (tests/test_stability.py checks the displacement estimate against the simulator)."""
+    box, cloud, normal = scene
+    params = grasps_at(normal, [0.0, 0.0, -0.03], SIDE[:3], hand)  # two touching, one 3 cm off the face
+    w = QualityWeights()
+    with torch.no_grad():
+        out = hand.from_params(params)
+        terms = quality_terms(CloudSurface(torch.from_numpy(cloud)[None]), out.vertices, hand.part_ids,
+                              vertex_areas(hand.rest().vertices[0], hand.faces), weights=w)
+    assert float(terms["digits"][2]) == 6 and float(terms["digits"][:2].max()) < 6  # the fixture is what it says
+    est_q = w.q_weights[0] * terms["penetration_est"] + w.q_weights[1] * terms["displacement_est"]
+    score = combine_terms(torch.zeros(3), terms, w)
+    torch.testing.assert_close(score[:2], -est_q[:2])
+    assert float(score[2]) == pytest.approx(-float(est_q[2]) - w.no_contact, rel=1e-5)
+    assert float(score[2]) < float(score[:2].min())
 
 
 def test_a_one_sided_view_scales_the_hold_credit_cap(hand, scene) -> None:

@@ -100,9 +100,14 @@ def test_enclosing_grasp_outranks_one_sided(hand, wrap) -> None:
     assert t["stability"][0] < t["stability"][1] - 0.1, t["stability"]
     for name in ("cone_eps", "balance", "span", "coverage"):
         assert t[f"f_{name}"][0] > t[f"f_{name}"][1], (name, t[f"f_{name}"])
-    # ... and it widens the margin of the ranking (the default weight is positive)
-    score0, _ = terms_of(hand, params, cloud, QualityWeights(stability=0.0))
-    assert (score[0] - score[1]) > (score0[0] - score0[1]) + 1.0
+    # ... and so does the learnt displacement estimate the default score stands on (the simulator's
+    # displacements over six gravity directions: test_fixture_is_what_it_says)
+    assert t["displacement_est"][0] < t["displacement_est"][1], t["displacement_est"]
+    # without it, the fall probability widens the margin of the weighted score (its weight is positive)
+    w = QualityWeights(displacement_model="")
+    score1, _ = terms_of(hand, params, cloud, w)
+    score0, _ = terms_of(hand, params, cloud, dataclasses.replace(w, stability=0.0))
+    assert score1[0] > score1[1] and (score1[0] - score1[1]) > (score0[0] - score0[1]) + 1.0
 
 
 def test_stability_is_finite_on_partial_and_degenerate_clouds(hand, wrap) -> None:
@@ -126,6 +131,7 @@ def test_stability_is_finite_on_partial_and_degenerate_clouds(hand, wrap) -> Non
     _, t_wrap = terms_of(hand, params, cloud)
     assert (t_far["f_coverage"] == 0).all() and (t_far["f_area"] == 0).all()
     assert (t_far["stability"] > t_wrap["stability"][0]).all()  # no contact: the most likely to fall
+    assert (t_far["displacement_est"] > t_wrap["displacement_est"][0]).all()
     _, t_part = terms_of(hand, params, partial)
     assert t_part["stability"][0] < t_part["stability"][1]  # the partial view still prefers the wrap
 
@@ -170,6 +176,8 @@ def test_gravity_features_know_which_way_the_object_falls(hand, wrap) -> None:
     assert np.all(resist[0] <= resist[1] + 1e-6), resist  # the wrap carries it wherever the flat hand does
     # the bundled fall model (trees) follows: the hand that carries the object is less likely to drop it
     assert t_in["stability"][1] < t_out["stability"][1] - 0.05, (t_in["stability"], t_out["stability"])
+    # and so does the displacement estimate
+    assert t_in["displacement_est"][1] < t_out["displacement_est"][1], (t_in["displacement_est"], t_out["displacement_est"])
 
 
 def test_cone_min_residual_solves_small_cases() -> None:

@@ -1,8 +1,9 @@
-"""Gradient-boosted trees over the ranking's terms, stored as plain arrays: the ranking's two learnt models.
+"""Gradient-boosted trees over the ranking's terms, stored as plain arrays: the ranking's learnt models.
 
-Why trees: what the node publishes is decided by two predictions no formula gives well, both fitted
+Why trees: what the node publishes is decided by predictions no formula gives well, all fitted
 on validation objects' candidates measured by the evaluation's own metrics
-(``benchmarks/study_stability.py analyse --fit --gbt --save-trees / --save-pen-trees``):
+(``benchmarks/study_stability.py analyse --fit --gbt --save-trees / --save-pen-trees /
+--save-disp-trees``):
 * will the object fall? (``stability``, ``fall_trees.json``, link "logistic": a probability).
   A logistic model of four features predicts the simulated displacement with held-out Spearman
   +0.49 (full clouds) / +0.33 (depth views); trees over every feature and term do better and keep
@@ -10,7 +11,10 @@ on validation objects' candidates measured by the evaluation's own metrics
 * how deep is the hand in the object? (``penetration_model``, ``penetration_trees.json``, link
   "log1p": cm^3). On one depth view the cloud's signed distance cannot see the object's back;
   trees over it, the stability features and where the hand lies behind the visible surface
-  (``view_shadow``) predict the measured volume better (README).
+  (``view_shadow``) predict the measured volume better (README);
+* how far will the object move in the simulator's check? (``displacement_model``,
+  ``displacement_trees.json``, link "log1p": cm, the same inputs). With both estimates the ranking
+  orders candidates by the evaluation's own Q (0.301 penetration + 0.699 displacement), estimated.
 Monotone in each input where physics says which way it goes, and saved as JSON numbers: loading
 runs no code (no pickle), and evaluating them needs only numpy.
 
@@ -39,6 +43,7 @@ _FALL_FORMAT = "dvqvae-fall-trees/1"  # the first files: fall trees only, logist
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 BUNDLED = ASSETS / "fall_trees.json"
 BUNDLED_PENETRATION = ASSETS / "penetration_trees.json"
+BUNDLED_DISPLACEMENT = ASSETS / "displacement_trees.json"
 LINKS = ("logistic", "log1p")
 _ARRAYS = ("feature", "threshold", "left", "right", "leaf", "missing_left", "value")
 

@@ -54,12 +54,13 @@ JOINTS_FROM_KEYPOINTS: tuple[int, ...] = tuple(KEYPOINT_SOURCE.index(j) for j in
 
 
 def _learnt_models(weights: QualityWeights) -> None:
-    """Read the ranking's tree files (fall, penetration) now, so that a bad path or file is an error
-    naming it when the generator is made, not on the first cloud."""
-    from dvqvae_model.pipeline.boosted_trees import BUNDLED, BUNDLED_PENETRATION, configured_trees
+    """Read the ranking's tree files (fall, penetration, displacement) now, so that a bad path or file
+    is an error naming it when the generator is made, not on the first cloud."""
+    from dvqvae_model.pipeline.boosted_trees import BUNDLED, BUNDLED_DISPLACEMENT, BUNDLED_PENETRATION, configured_trees
 
     for field_name, setting, bundled in (("stability_model.trees", weights.stability_model.trees, BUNDLED),
-                                         ("penetration_model", weights.penetration_model, BUNDLED_PENETRATION)):
+                                         ("penetration_model", weights.penetration_model, BUNDLED_PENETRATION),
+                                         ("displacement_model", weights.displacement_model, BUNDLED_DISPLACEMENT)):
         if setting:
             try:
                 configured_trees(setting, bundled)

@@ -32,6 +32,8 @@ Terms per grasp (``quality_terms``), all "lower is better" except the prior:
   measure (gradient-boosted trees over the terms above, the stability features and where the hand
   lies behind a depth view's visible surface, ``view_shadow``; also returned as ``f_<name>``).
   When present it stands in for ``penetration`` in the score and the hold cap.
+* ``displacement_est``  cm: the learnt estimate of how far the object moves in the evaluation's
+  simulator check (trees over the same inputs, ``displacement_trees.json``).
 
 ``score = w_prior * prior - w_pen * penetration - w_contact * contact - w_closure * closure
 - w_digits * digits - w_stability * stability - w_no_contact * [no part touching]``, with
@@ -50,6 +52,14 @@ one-sided view (one depth image: the cloud's normals mostly face the camera) the
 reads about 4x high, since a hand behind a thin object counts as inside, and the cap scales with it;
 the learnt ``penetration_est`` (default) needs no such scaling and predicts the measured volume
 better on both kinds of cloud, so it replaces the term when its trees are there.
+
+With both learnt estimates (the default) the score is simply minus the estimated Q of the
+evaluation, ``-(0.301 penetration_est + 0.699 displacement_est)`` (``QualityWeights.q_weights``),
+less ``w_no_contact`` for a hand touching nothing: the hand-weighted sum above, the fall probability
+and the hold cap are then not used (they remain for ``displacement_model=""``). On 206 validation
+objects (5-fold cross-validation over objects, best 8 of 64) this kept grasps with displacement
+1.26 -> 1.23 cm (full clouds) and 1.93 -> 1.67 cm (depth views) at the same or lower penetration;
+adding the prior or the contact term to it changed nothing (README, "Ranking and refinement").
 ``benchmarks/bench_ranking.py`` reports the rank correlations.
 """
 from __future__ import annotations
@@ -62,7 +72,7 @@ import torch
 from scipy.spatial import cKDTree
 from torch import Tensor
 
-from dvqvae_model.pipeline.boosted_trees import BUNDLED_PENETRATION, configured_trees
+from dvqvae_model.pipeline.boosted_trees import BUNDLED_DISPLACEMENT, BUNDLED_PENETRATION, configured_trees
 from dvqvae_model.pipeline.force_closure import simplex_min_norm
 from dvqvae_model.pipeline.stability import StabilityModel, stability_features, stability_term
 from dvqvae_model.pipeline.view_shadow import shadow_features
@@ -70,7 +80,8 @@ from dvqvae_model.pipeline.view_shadow import shadow_features
 __all__ = ["CloudSurface", "GridSurface", "QualityWeights", "TERM_NAMES", "quality_terms", "combine_terms", "vertex_areas"]
 
 # the per-grasp terms, in the order published on grasps/scores after the total score
-TERM_NAMES: tuple[str, ...] = ("prior", "penetration", "contact", "closure", "digits", "stability", "penetration_est")
+TERM_NAMES: tuple[str, ...] = ("prior", "penetration", "contact", "closure", "digits", "stability", "penetration_est",
+                               "displacement_est")
 VERTEX_STRIDE = 2  # hand vertices queried by quality_terms: every second one (the cost is the search)
 NUM_PARTS = 6  # thumb, index, middle, ring, pinky, palm (hand_metadata.PART_NAMES)
 
@@ -111,6 +122,11 @@ class QualityWeights:
     # fitted on depth views too). Weight 4: chosen on validation objects (study_stability.py --sweep)
     penetration_model: str = "bundled"
     penetration_estimate: float = 4.0
+    # the learnt estimate ``displacement_est`` (cm; trees over the same inputs; "bundled":
+    # assets/displacement_trees.json, a path, or "": none). With ``penetration_est`` it makes the
+    # score minus the estimated Q: q_weights = (penetration, displacement) of the evaluation's Q
+    displacement_model: str = "bundled"
+    q_weights: tuple[float, float] = (0.301, 0.699)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -344,11 +360,13 @@ def quality_terms(surface: CloudSurface | GridSurface, vertices: Tensor, part_id
         inputs = {**feats, **{k: out[k] for k in ("penetration", "contact", "closure", "digits", "one_sidedness")}}
         out["stability"] = stability_term(inputs, w.stability_model)
         out.update({f"f_{k}": v for k, v in feats.items()})
-        if w.penetration_model:
+        if w.penetration_model or w.displacement_model:
             shadow = shadow_features(surface.points, surface.normals, surface.spacing, vertices, areas)
             out.update({f"f_{k}": v for k, v in shadow.items()})
-            trees = configured_trees(w.penetration_model, BUNDLED_PENETRATION)
-            out["penetration_est"] = trees.predict_features({**inputs, **shadow})
+            for name, setting, bundled in (("penetration_est", w.penetration_model, BUNDLED_PENETRATION),
+                                           ("displacement_est", w.displacement_model, BUNDLED_DISPLACEMENT)):
+                if setting:
+                    out[name] = configured_trees(setting, bundled).predict_features({**inputs, **shadow})
     return out
 
 
@@ -356,6 +374,9 @@ def quality_terms(surface: CloudSurface | GridSurface, vertices: Tensor, part_id
 def combine_terms(prior: Tensor, terms: dict[str, Tensor], weights: Optional[QualityWeights] = None) -> Tensor:
     """The ranking score (higher is better) from the prior term and ``quality_terms``."""
     w = weights or QualityWeights()
+    no_contact = w.no_contact * (terms["digits"] >= NUM_PARTS).to(prior.dtype)
+    if "penetration_est" in terms and "displacement_est" in terms:  # the estimated Q of the evaluation
+        return -(w.q_weights[0] * terms["penetration_est"] + w.q_weights[1] * terms["displacement_est"]) - no_contact
     stability = terms.get("stability", torch.zeros_like(prior))
     cap = torch.full_like(prior, w.stability_max_penetration)
     if "penetration_est" in terms:
@@ -367,8 +388,7 @@ def combine_terms(prior: Tensor, terms: dict[str, Tensor], weights: Optional[Qua
     stability = torch.where(penetration < cap, stability, torch.ones_like(stability))
     return (w.prior * prior - weight * penetration - w.contact * terms["contact"]
             - w.closure * terms["closure"] - w.digits * terms["digits"]
-            - w.stability * stability
-            - w.no_contact * (terms["digits"] >= NUM_PARTS).to(prior.dtype))
+            - w.stability * stability - no_contact)
 
 
 def as_numpy(terms: dict[str, Tensor]) -> dict[str, np.ndarray]:
