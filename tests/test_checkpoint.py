@@ -213,7 +213,7 @@ def test_old_checkpoints_without_config_digest_load(tmp_path: Path) -> None:
     (path / CONFIG_FILE).write_text(json.dumps(meta))
     assert load_checkpoint(path, hand=HAND_A).kind == "toy_test"
     bundled = json.loads((DEFAULT_MODEL_DIR / CONFIG_FILE).read_text())
-    assert bundled["config_sha256"] and bundled["files"]["model"]["sha256"].startswith("8aec896f")  # the bundled weights (2026-12-07, contact fine-tuning, then penetration x1.5)
+    assert bundled["config_sha256"] and bundled["files"]["model"]["sha256"].startswith("21d60f40")  # the bundled weights (2026-12-07: average of the penetration x1.5 epoch and contact scale 0.2)
 
 
 def test_refuses_to_replace_non_checkpoint_dir(tmp_path: Path) -> None:
