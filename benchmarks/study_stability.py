@@ -25,7 +25,9 @@ into ``StabilityModel``; ``--sweep`` ranks with the code's ``combine_terms`` and
 probability while one ``QualityWeights`` field takes other values; ``--gbt`` cross-validates the
 fall trees (``dvqvae_model.pipeline.boosted_trees``) the same way and ``--save-trees`` fits them on
 every candidate and writes the JSON the package ships; it also cross-validates the penetration
-trees (the learnt ``penetration_est``) and ranks with both, and ``--save-pen-trees`` saves those.
+trees (the learnt ``penetration_est``) and ranks with both, and ``--save-pen-trees`` saves those;
+likewise the displacement trees (``displacement_est``) and the score with both estimates (the
+estimated Q), saved with ``--save-disp-trees``.
 Terms and features are computed with the simulator's gravity direction (+y of the input frame)
 unless ``--no-gravity``.
 """
@@ -432,6 +434,17 @@ def _pen_trees(m):
     return trees_from_sklearn(m, _pen_inputs(), "penetration volume cm^3 (1 mm lattice)", offset="penetration")
 
 
+def _save_regression_trees(clouds: list[dict], path: str, name: str, fit_model, export) -> None:
+    """Fit regression trees on every candidate, check the export against scikit-learn, save them."""
+    m = fit_model(clouds)
+    trees = export(m)
+    x = np.concatenate([_tree_inputs(c, trees.columns) for c in clouds])
+    gap = float(np.abs(trees.raw(x) - m.predict(x)).max())
+    if gap > 1e-5:
+        raise SystemExit(f"the exported {name} trees differ from scikit-learn's by {gap:g}")
+    print(f"  {name} trees fitted on all candidates saved to {trees.save(path)} (max |raw - sklearn| {gap:.1e})")
+
+
 def _compare_trees(data: dict[str, list[dict]], clouds: list[dict], fold: dict[str, int], args) -> None:
     """The fall trees (``dvqvae_model.pipeline.boosted_trees``) cross-validated like the logistic model, as
     the stability term in the code's score; ``--save-trees`` fits them on every candidate and saves them."""
@@ -476,24 +489,10 @@ def _compare_trees(data: dict[str, list[dict]], clouds: list[dict], fold: dict[s
           f"full {sd[0][0]:+.2f}, partial {sd[0][1]:+.2f} (the fall trees' probability: {sd[1][0]:+.2f}, {sd[1][1]:+.2f})")
     print("    estimated Q (penetration + displacement trees, the score with both): "
           + "   ".join(_kept_with(data, held, args.keep, pen, disp)))
-    if args.save_disp_trees:
-        m = _fit_disp_trees(clouds)
-        trees = _disp_trees(m)
-        x = np.concatenate([_tree_inputs(c, trees.columns) for c in clouds])
-        gap = float(np.abs(trees.raw(x) - m.predict(x)).max())
-        if gap > 1e-5:
-            raise SystemExit(f"the exported displacement trees differ from scikit-learn's by {gap:g}")
-        print(f"  displacement trees fitted on all candidates saved to {trees.save(args.save_disp_trees)} "
-              f"(max |raw - sklearn| {gap:.1e})")
-    if args.save_pen_trees:
-        m = _fit_pen_trees(clouds)
-        trees = _pen_trees(m)
-        x = np.concatenate([_tree_inputs(c, trees.columns) for c in clouds])
-        gap = float(np.abs(trees.raw(x) - m.predict(x)).max())
-        if gap > 1e-5:
-            raise SystemExit(f"the exported penetration trees differ from scikit-learn's by {gap:g}")
-        print(f"  penetration trees fitted on all candidates saved to {trees.save(args.save_pen_trees)} "
-              f"(max |raw - sklearn| {gap:.1e})")
+    for path, name, fit_model, export in ((args.save_disp_trees, "displacement", _fit_disp_trees, _disp_trees),
+                                          (args.save_pen_trees, "penetration", _fit_pen_trees, _pen_trees)):
+        if path:
+            _save_regression_trees(clouds, path, name, fit_model, export)
     if args.save_trees:
         m = _fit_trees(clouds, args.fall_cm)
         trees = trees_from_sklearn(m, TREE_INPUTS, f"displacement > {args.fall_cm:g} cm")

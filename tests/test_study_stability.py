@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def test_collect_analyse_and_save_both_trees(hand, tmp_path, capsys) -> None:
+def test_collect_analyse_and_save_the_trees(hand, tmp_path, capsys) -> None:
     import study_stability
 
     val = (("box", 3), ("sphere", 6), ("cylinder", 7), ("box", 8), ("bottle", 9))
@@ -30,11 +30,14 @@ def test_collect_analyse_and_save_both_trees(hand, tmp_path, capsys) -> None:
     with np.load(next(out.glob("*.npz"))) as z:
         assert z["full_pen"].shape == z["partial_disp"].shape == (8,) and np.isfinite(z["partial_disp"]).all()
     study_stability.main(["collect", "--data", str(root), "--max-objects", "5", "--out", str(out)])  # resumes: nothing to do
-    fall, pen = tmp_path / "fall.json", tmp_path / "pen.json"
+    fall, pen, disp = tmp_path / "fall.json", tmp_path / "pen.json", tmp_path / "disp.json"
     study_stability.main(["analyse", "--out", str(out), "--keep", "2", "--fit", "--gbt", "--sweep", "",
-                          "--save-trees", str(fall), "--save-pen-trees", str(pen)])
+                          "--save-trees", str(fall), "--save-pen-trees", str(pen), "--save-disp-trees", str(disp)])
     text = capsys.readouterr().out
     assert "5 objects, 8 candidates per cloud" in text and "penetration trees on 24 inputs" in text
     assert BoostedTrees.load(fall).columns == TREE_INPUTS and BoostedTrees.load(fall).link == "logistic"
     learnt = BoostedTrees.load(pen)
     assert learnt.columns == TREE_INPUTS + SHADOW_NAMES and learnt.link == "log1p" and learnt.offset == "penetration"
+    assert "estimated Q (penetration + displacement trees" in text
+    moved = BoostedTrees.load(disp)
+    assert moved.columns == TREE_INPUTS + SHADOW_NAMES and moved.link == "log1p" and not moved.offset
