@@ -122,6 +122,15 @@ def _grasp_validation(model: nn.Module, loader: Optional[DataLoader], hand: Hand
     return acc.means()
 
 
+def _grasp_call(model: nn.Module, is_dvq: bool) -> Callable[[Tensor, Tensor], Any]:
+    """Reconstruction through the model: DVQ-VAE's codes, or the CVAE at its latent mean (noise 0)."""
+    def call(pts: Tensor, prm: Tensor) -> Any:
+        if is_dvq:
+            return model(pts, prm)
+        return model(pts, prm, noise=torch.zeros(pts.shape[0], model.latent_dim, device=pts.device))
+    return call
+
+
 #: Run settings that shape the model (or its input), as the model config names them.
 _MODEL_SETTINGS = {"dvqvae": ("variant", "position_sees_codes", "input_frame", "rotation", "use_gating", "hand_frame"),
                    "cvae": ("input_frame",)}
@@ -177,10 +186,7 @@ def _train_grasp_model(stage: str, cfg: TrainConfig, *, hand: Optional[HandModel
     is_dvq = stage == "dvqvae"
     train_model = dist_ctx.wrap(model)  # DistributedDataParallel under torchrun
 
-    def call(pts: Tensor, prm: Tensor) -> Any:
-        if is_dvq:
-            return model(pts, prm)
-        return model(pts, prm, noise=torch.zeros(pts.shape[0], model.latent_dim, device=pts.device))
+    call = _grasp_call(model, is_dvq)
 
     def forward(batch: dict[str, Any]) -> tuple[Tensor, dict[str, float]]:
         pts, prm = batch["points"].to(device), batch["params"].to(device)
@@ -248,6 +254,23 @@ def train_cvae(cfg: TrainConfig, *, hand: Optional[HandModel] = None, deadline: 
     """Train (or resume) the GraspCVAE baseline; the model goes to ``out_dir/cvae/checkpoint``."""
     with StopOnSignals():
         return _train_grasp_model("cvae", cfg, hand=hand, deadline=deadline, on_step=on_step)
+
+
+def validate_grasp_model(model: nn.Module, cfg: TrainConfig, hand: Optional[HandModel] = None) -> dict[str, float]:
+    """The validation metrics a training run records (vertex error, losses, contact, ...) for a model
+    that was not validated by one: a weight average, a checkpoint from elsewhere, other data.
+
+    The model's own input frame and point count are used, whatever ``cfg`` says."""
+    hand = hand if hand is not None else load_hand_model(cfg.hand)
+    model_cfg = model.cfg
+    cfg = dataclasses.replace(cfg, input_frame=getattr(model_cfg, "input_frame", cfg.input_frame))
+    data = open_splits(cfg, hand, _num_points(cfg, model_cfg.num_points))
+    if data.val is None:
+        raise ValueError(f"{cfg.data_dir}: no validation grasps (no 'val' split and val_fraction gives none)")
+    device = torch.device(cfg.device)
+    model.to(device).eval()
+    call = _grasp_call(model, isinstance(model, DVQVAE))
+    return _grasp_validation(model, _val_loader(data.val, cfg), hand, device, cfg.val_max_batches, call)
 
 
 # =============================================================================== prior

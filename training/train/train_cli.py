@@ -4,6 +4,9 @@
     dvqvae-train dvqvae --data data/grasps --out out/compact --epochs 200
     dvqvae-train prior  --data data/grasps --out out/compact [--model out/compact/dvqvae/checkpoint]
     dvqvae-train cvae   --data data/grasps --out out/compact
+    dvqvae-train validate --data data/grasps --model out/compact/checkpoint      # the val metrics of any checkpoint
+    dvqvae-train average --inputs out/a/dvqvae/checkpoint out/b/dvqvae/checkpoint --out out/avg --data data/grasps
+        # -> out/avg/dvqvae/checkpoint, the weights' mean, validated; then `dvqvae-train prior --out out/avg`
 
 Data-parallel (DistributedDataParallel, gloo on CPU / nccl on GPU; ``--batch-size`` stays the global
 batch, see ``dvqvae_training.train.distributed``)::
@@ -42,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dvqvae-train", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Exit status: 0 finished, 75 stopped early (resume with --resume).")
-    p.add_argument("stage", choices=("dvqvae", "prior", "cvae", "all"))
-    p.add_argument("--data", required=True, help="dataset directory (dvqvae-data output)")
+    p.add_argument("stage", choices=("dvqvae", "prior", "cvae", "all", "validate", "average"))
+    p.add_argument("--data", default=None, help="dataset directory (dvqvae-data output); every stage but average "
+                                                "needs it (average: validates the result when given)")
     p.add_argument("--out", default="out/train", help="run directory (states, logs, checkpoints)")
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESETS)
     p.add_argument("--variant", default="full", choices=VARIANTS, help="DVQ-VAE ablation variant")
@@ -68,7 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-batch-size", type=int, default=None, help="prior batch (default 256)")
     p.add_argument("--prior-lr", type=float, default=None, help="prior learning rate (default 3e-4)")
     p.add_argument("--token-views", type=int, default=None, help="augmented passes cached for the prior (default 4)")
-    p.add_argument("--model", default=None, help="prior stage: DVQ-VAE checkpoint (default OUT/dvqvae/checkpoint)")
+    p.add_argument("--model", default=None, help="prior stage: DVQ-VAE checkpoint (default OUT/dvqvae/checkpoint); "
+                                                 "validate: the checkpoint to measure (a directory or 'default')")
+    p.add_argument("--inputs", nargs="+", default=None, metavar="CHECKPOINT",
+                   help="average: the DVQ-VAE (or CVAE) checkpoints to average (same lineage: same model config, "
+                        "hand, tensors); written to OUT/<kind>/checkpoint")
+    p.add_argument("--mix", nargs="+", type=float, default=None, metavar="W",
+                   help="average: one weight per input (normalised to sum 1; default equal)")
     p.add_argument("--grad-clip", type=float, default=None)
     p.add_argument("--no-rotate", action="store_true", help="no SO(3) augmentation")
     p.add_argument("--no-gating", action="store_true", help="DVQ-VAE without the skeletal gating (Table 4 ablation)")
@@ -189,6 +199,8 @@ def _report(r: TrainResult) -> dict[str, object]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.data is None and args.stage != "average":
+            raise ValueError(f"the {args.stage} stage needs --data")
         main_cfg, prior_cfg = configs(args)
     except ValueError as e:
         print(f"dvqvae-train: {e}", file=sys.stderr)
@@ -197,6 +209,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import torch
 
         torch.set_num_threads(args.num_threads)
+    if args.stage in ("validate", "average"):
+        return _measure_or_average(args, main_cfg)
     from dvqvae_training.train import distributed
 
     try:
@@ -241,6 +255,41 @@ def _run(args: argparse.Namespace, main_cfg: TrainConfig, prior_cfg: PriorTrainC
         print(f"dvqvae-train: stopped early ({results[-1].stop_reason}); rerun with --resume to continue",
               file=sys.stderr)
         return EXIT_RESUMABLE
+    return 0
+
+
+def _measure_or_average(args: argparse.Namespace, cfg: TrainConfig) -> int:
+    """``validate``: print a checkpoint's validation metrics; ``average``: write (and validate) a weight average."""
+    from pathlib import Path
+
+    from dvqvae_model.checkpoint import CheckpointError, load_checkpoint
+    from dvqvae_model.hand.hand_model import load_hand_model
+    from dvqvae_training.train.average import average_checkpoints
+    from dvqvae_training.train.stages import validate_grasp_model
+
+    try:
+        hand = load_hand_model(args.hand)
+        validate = (lambda model: validate_grasp_model(model, cfg, hand)) if args.data else None
+        if args.stage == "validate":
+            if not args.model:
+                raise ValueError("validate needs --model (a checkpoint directory or 'default')")
+            metrics = validate(load_checkpoint(args.model, hand=hand).model)
+            print(json.dumps({"checkpoint": args.model, "val": {k: round(v, 4) for k, v in metrics.items()}}))
+            return 0
+        if not args.inputs or len(args.inputs) < 2:
+            raise ValueError("average needs --inputs with at least two checkpoints")
+        kind = load_checkpoint(args.inputs[0], hand=hand).kind
+        out = average_checkpoints(args.inputs, Path(args.out) / kind / "checkpoint", args.mix, hand=hand,
+                                  validate=validate)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"dvqvae-train: {e}", file=sys.stderr)
+        return 2
+    from dvqvae_model.checkpoint import read_checkpoint_config
+
+    metrics = read_checkpoint_config(out)["data_info"]["val_metrics"]
+    print(json.dumps({"checkpoint": str(out), "val": {k: round(v, 4) for k, v in metrics.items()}}))
+    if not metrics:
+        print("dvqvae-train: not validated (no --data): the checkpoint records no val_metrics", file=sys.stderr)
     return 0
 
 
