@@ -8,11 +8,10 @@ two input clouds each: the full surface cloud of the data set and one simulated 
 K = 16 and each generator setting:
 
 * ``raw``             the sampling graph alone: K grasps as the model ranks them;
-* ``rank Cx``         C x K candidates ranked by ``grasp_quality``, the best K kept (the node's score,
-                      with its ``stability`` term);
-* ``rank Cx old``     the same without the stability term (the score before it; ``stability`` weight 0);
-* ``rank Cx stab5``   the same with the stability term's weight 5 and no penetration cap on its
-                      credit (the score before 2026-12-07: what the stronger weight trades);
+* ``rank Cx``         C x K candidates ranked by ``grasp_quality``, the best K kept (the node's score:
+                      minus the estimated Q; C x K = 64 for K = 8 is the node's default);
+* ``rank Cx no disp est`` the same ranked by the previous score (no displacement estimate: the
+                      weighted sum with the fall probability);
 * ``rank+refine``     ranked, then refined with the node's refine_steps / refine_time_ms (20 / 60 ms);
 * ``rank+refine 150ms`` ranked, refined with 40 steps / 150 ms;
 * ``rank+refine long`` ranked, refined with a generous budget (what offline use can afford).
@@ -22,7 +21,7 @@ Quality with the independent metrics of ``dvqvae-eval`` (``dvqvae_training.evalu
 displacement (cm), pooled diversity entropy (k-means, k = 20, over all kept grasps of a setting),
 Q = 0.301 pen + 0.699 disp; latency = p50 wall time of one ``generate`` call (after a warm-up).
 Then the rank correlation (Spearman, within each object's candidates, averaged) of the ranking
-score (with and without the stability term), of each of its terms and of each stability feature
+score, of each of its terms and of each stability feature
 (``f_<name>``, ``dvqvae_model.pipeline.stability``) with penetration and displacement, against the
 graph's own score.
 
@@ -125,7 +124,7 @@ def report(results, corr, settings, args, final: bool) -> None:
     print("|---|---|---|---|")
     corr_out = {}
     for view in ("full", "partial"):
-        first = ("graph score", "score old", "score")
+        first = ("graph score", "score")
         terms = sorted({key.split("|")[0] for key in corr[view]},
                        key=lambda t: (first.index(t) if t in first else len(first), t.startswith("f_"), t))
         for term in terms:
@@ -165,17 +164,14 @@ def main(argv=None) -> int:
     if args.oversample <= 0:
         args.oversample = max(1, DEFAULTS.candidates // DEFAULTS.num_grasps)
     path = resolve_checkpoint(args.model, default_dir=DEFAULT_MODEL_DIR)
-    default_refine = RefineConfig()
+    default_refine = RefineConfig(steps=DEFAULTS.refine_steps, max_time_s=DEFAULTS.refine_time_ms / 1e3)
     mid_refine = RefineConfig(steps=40, max_time_s=0.15)
     long_refine = RefineConfig(steps=80, max_time_s=5.0)
     gens = {
         "raw": GraspGenerator.from_checkpoint(path, ranking=False, refine=False),
         "rank": GraspGenerator.from_checkpoint(path, ranking=True, refine=False),
-        "rank old": GraspGenerator.from_checkpoint(path, ranking=True, refine=False,
-                                                   quality_weights=QualityWeights(stability=0.0)),
-        "rank stab5": GraspGenerator.from_checkpoint(path, ranking=True, refine=False,
-                                                     quality_weights=QualityWeights(stability=5.0,
-                                                                                    stability_max_penetration=1e9)),
+        "rank no disp est": GraspGenerator.from_checkpoint(path, ranking=True, refine=False,
+                                                           quality_weights=QualityWeights(displacement_model="")),
         "rank+refine": GraspGenerator.from_checkpoint(path, ranking=True, refine=True, refine_config=default_refine),
         "rank+refine 150ms": GraspGenerator.from_checkpoint(path, ranking=True, refine=True, refine_config=mid_refine),
         "rank+refine long": GraspGenerator.from_checkpoint(path, ranking=True, refine=True, refine_config=long_refine),
@@ -189,10 +185,9 @@ def main(argv=None) -> int:
           f"each; K = {args.grasps}, candidates = {args.oversample} x K; refine default: {default_refine.steps} steps / "
           f"{1e3 * default_refine.max_time_s:.0f} ms, long: {long_refine.steps} steps / {long_refine.max_time_s:.0f} s; "
           f"penetration pitch {args.pitch_mm} mm; node defaults: candidates {DEFAULTS.candidates}, "
-          f"refine {DEFAULTS.refine}; stability weight {QualityWeights().stability:g}", flush=True)
+          f"refine {DEFAULTS.refine}", flush=True)
 
-    ranked = {f"rank {args.oversample}x old": "rank old", f"rank {args.oversample}x": "rank",
-              f"rank {args.oversample}x stab5": "rank stab5"}
+    ranked = {f"rank {args.oversample}x": "rank", f"rank {args.oversample}x no disp est": "rank no disp est"}
     setting_gens = {"raw": "raw", **ranked, "rank+refine": "rank+refine", "rank+refine 150ms": "rank+refine 150ms",
                     "rank+refine long": "rank+refine long"}
     settings = [(k, name) for k in args.grasps for name in setting_gens]
@@ -220,10 +215,9 @@ def main(argv=None) -> int:
                     qt = quality_terms(surface, torch.from_numpy(allc.vertices), hand.part_ids,
                                        gens["rank"]._vertex_areas)
                 feats = {k: v.numpy() for k, v in qt.items() if k.startswith("f_")}
-                old_score = allc.scores + QualityWeights().stability * allc.terms["stability"]
-                named = {"score": allc.scores, "score old": old_score, **allc.terms, **feats}
+                named = {"score": allc.scores, **allc.terms, **feats}
                 for term, vals in named.items():
-                    sign = -1.0 if term in ("score", "score old", "prior") else 1.0  # higher score = lower metric
+                    sign = -1.0 if term in ("score", "prior") else 1.0  # higher score = lower metric
                     for metric in ("pen", "disp"):
                         corr[view].setdefault(f"{term}|{metric}", []).append((sign * vals, m_all[metric]))
                 for k in args.grasps:
