@@ -276,7 +276,12 @@ def analyse(args) -> None:
                 cells.append(f"{view} {p:5.2f} / {d:4.2f} / {q:4.2f}")
             print(f"  N {n:3d}: " + "   ".join(cells))
     if args.fit:
-        fit(data, args)
+        extra = []
+        for d in args.extra:
+            more = load(d, gen, variants, gravity=not args.no_gravity)
+            extra += more["full"] + more["partial"]
+            print(f"\n--extra {d}: {len(more['full'])} objects' candidates join every fit (not scored)")
+        fit(data, args, extra)
 
 
 SUBSET_DRAWS = 4
@@ -330,18 +335,38 @@ def _sweep(data: dict[str, list[dict]], fall: dict[int, np.ndarray], args, label
             print(f"    {label}{field_name}={value}: " + "   ".join(cells))
 
 
-def fit(data: dict[str, list[dict]], args) -> None:
-    """Fit the fall model and the ranking's weights; 5-fold cross-validation over objects."""
+FOLDS = 5
+
+
+def _held_out(fit_clouds: list[dict], eval_clouds: list[dict], fold: dict[str, int], fit_predict
+              ) -> dict[int, np.ndarray]:
+    """Cross-validation over objects: for each fold, ``fit_predict(training clouds)`` returns a
+    predictor that is applied to that fold's ``eval_clouds`` -> {id(cloud): predictions}. Clouds of
+    objects without a fold (``--extra`` data of other objects) are always in training."""
+    held: dict[int, np.ndarray] = {}
+    for k in range(FOLDS):
+        predict = fit_predict([c for c in fit_clouds if fold.get(c["object"], -1) != k])
+        for c in eval_clouds:
+            if fold[c["object"]] == k:
+                held[id(c)] = predict(c)
+    return held
+
+
+def fit(data: dict[str, list[dict]], args, extra: list[dict] | None = None) -> None:
+    """Fit the fall model and the ranking's weights; 5-fold cross-validation over objects. ``extra``
+    clouds (other collections: another model's candidates, other objects) join every fit but are
+    not scored."""
     names = [n for n in args.features.split(",") if n]
     objects = sorted({c["object"] for c in data["full"]})
-    fold = {o: i % 5 for i, o in enumerate(objects)}
+    fold = {o: i % FOLDS for i, o in enumerate(objects)}
     clouds = data["full"] + data["partial"]
-    held_out: dict[int, np.ndarray] = {}
-    for k in range(5):
-        model = fit_fall([c for c in clouds if fold[c["object"]] != k], names, args.fall_cm)
-        for c in clouds:
-            if fold[c["object"]] == k:
-                held_out[id(c)] = fall_probability(c, names, model)
+    fit_clouds = clouds + list(extra or [])
+
+    def logistic(train: list[dict]):
+        model = fit_fall(train, names, args.fall_cm)
+        return lambda c: fall_probability(c, names, model)
+
+    held_out = _held_out(fit_clouds, clouds, fold, logistic)
     print(f"\nFall model: P(displacement > {args.fall_cm:g} cm) from {names}; 5-fold cross-validation over objects")
     for view in ("full", "partial"):
         sp = np.nanmean([spearman(held_out[id(c)], c["disp"]) for c in data[view]])
@@ -352,8 +377,8 @@ def fit(data: dict[str, list[dict]], args) -> None:
     print("    code's weights: " + "   ".join(_kept_with(data, held_out, args.keep)))
     _sweep(data, held_out, args, "")
     if args.gbt:
-        _compare_trees(data, clouds, fold, args)
-    mean, std, coef, icpt = fit_fall(clouds, names, args.fall_cm)
+        _compare_trees(data, clouds, fit_clouds, fold, args)
+    mean, std, coef, icpt = fit_fall(fit_clouds, names, args.fall_cm)
     print("  fitted on all validation candidates (paste into StabilityModel):")
     print(f"    features={tuple(names)!r},\n    mean={tuple(round(float(x), 5) for x in mean)!r},\n"
           f"    std={tuple(round(float(x), 5) for x in std)!r},\n    coef={tuple(round(float(x), 5) for x in coef)!r},\n"
@@ -445,30 +470,32 @@ def _save_regression_trees(clouds: list[dict], path: str, name: str, fit_model, 
     print(f"  {name} trees fitted on all candidates saved to {trees.save(path)} (max |raw - sklearn| {gap:.1e})")
 
 
-def _compare_trees(data: dict[str, list[dict]], clouds: list[dict], fold: dict[str, int], args) -> None:
-    """The fall trees (``dvqvae_model.pipeline.boosted_trees``) cross-validated like the logistic model, as
-    the stability term in the code's score; ``--save-trees`` fits them on every candidate and saves them."""
+def _compare_trees(data: dict[str, list[dict]], clouds: list[dict], fit_clouds: list[dict], fold: dict[str, int],
+                   args) -> None:
+    """The fall, penetration and displacement trees (``dvqvae_model.pipeline.boosted_trees``) cross-validated
+    like the logistic model and used in the code's score; ``--save-*`` fits them on every candidate of
+    ``fit_clouds`` (``clouds`` and any ``--extra``) and saves them."""
     from dvqvae_model.pipeline.boosted_trees import trees_from_sklearn
     from dvqvae_model.pipeline.stability import TREE_INPUTS
 
-    held: dict[int, np.ndarray] = {}
-    for k in range(5):
-        m = _fit_trees([c for c in clouds if fold[c["object"]] != k], args.fall_cm)
-        for c in clouds:
-            if fold[c["object"]] == k:
-                held[id(c)] = m.predict_proba(_tree_inputs(c))[:, 1]
+    def fall_trees(train: list[dict]):
+        m = _fit_trees(train, args.fall_cm)
+        return lambda c: m.predict_proba(_tree_inputs(c))[:, 1]
+
+    def regression(fit_model, export):
+        def fit_predict(train: list[dict]):
+            trees = export(fit_model(train))
+            return lambda c: trees.predict(_tree_inputs(c, trees.columns))
+        return fit_predict
+
+    held = _held_out(fit_clouds, clouds, fold, fall_trees)
     sp = [np.nanmean([spearman(held[id(c)], c["disp"]) for c in data[v]]) for v in ("full", "partial")]
     print(f"  fall trees on {len(TREE_INPUTS)} features and terms (held out): Spearman vs displacement "
           f"full {sp[0]:+.2f}, partial {sp[1]:+.2f}")
     for wt in (30.0, 40.0, 60.0):
         print(f"    trees, stability={wt:g}: " + "   ".join(_kept_with(data, held, args.keep, stability=wt)))
     _sweep(data, held, args, "trees, ")
-    pen: dict[int, np.ndarray] = {}
-    for k in range(5):
-        trees = _pen_trees(_fit_pen_trees([c for c in clouds if fold[c["object"]] != k]))
-        for c in clouds:
-            if fold[c["object"]] == k:
-                pen[id(c)] = trees.predict(_tree_inputs(c, trees.columns))
+    pen = _held_out(fit_clouds, clouds, fold, regression(_fit_pen_trees, _pen_trees))
     sp = [[np.nanmean([spearman(x, c["pen"]) for c in data[v] for x in (pen[id(c)] if learnt else c["penetration"],)])
            for v in ("full", "partial")] for learnt in (False, True)]
     print(f"  penetration trees on {len(_pen_inputs())} inputs (held out): Spearman vs measured penetration "
@@ -477,12 +504,7 @@ def _compare_trees(data: dict[str, list[dict]], clouds: list[dict], fold: dict[s
         print(f"    fall trees + penetration trees, penetration_estimate={wt:g}: "
               + "   ".join(_kept_with(data, held, args.keep, pen, penetration_estimate=wt)))
     _sweep(data, held, args, "fall + penetration trees, ", pen)
-    disp: dict[int, np.ndarray] = {}
-    for k in range(5):
-        trees = _disp_trees(_fit_disp_trees([c for c in clouds if fold[c["object"]] != k]))
-        for c in clouds:
-            if fold[c["object"]] == k:
-                disp[id(c)] = trees.predict(_tree_inputs(c, trees.columns))
+    disp = _held_out(fit_clouds, clouds, fold, regression(_fit_disp_trees, _disp_trees))
     sd = [[np.nanmean([spearman(est[id(c)], c["disp"]) for c in data[v]]) for v in ("full", "partial")]
           for est in (disp, held)]
     print(f"  displacement trees on {len(_pen_inputs())} inputs (held out): Spearman vs measured displacement "
@@ -492,11 +514,11 @@ def _compare_trees(data: dict[str, list[dict]], clouds: list[dict], fold: dict[s
     for path, name, fit_model, export in ((args.save_disp_trees, "displacement", _fit_disp_trees, _disp_trees),
                                           (args.save_pen_trees, "penetration", _fit_pen_trees, _pen_trees)):
         if path:
-            _save_regression_trees(clouds, path, name, fit_model, export)
+            _save_regression_trees(fit_clouds, path, name, fit_model, export)
     if args.save_trees:
-        m = _fit_trees(clouds, args.fall_cm)
+        m = _fit_trees(fit_clouds, args.fall_cm)
         trees = trees_from_sklearn(m, TREE_INPUTS, f"displacement > {args.fall_cm:g} cm")
-        x = np.concatenate([_tree_inputs(c) for c in clouds])
+        x = np.concatenate([_tree_inputs(c) for c in fit_clouds])
         gap = float(np.abs(trees.predict(x) - m.predict_proba(x)[:, 1]).max())
         if gap > 1e-5:
             raise SystemExit(f"the exported trees differ from scikit-learn's by {gap:g}")
@@ -523,6 +545,9 @@ def main(argv=None) -> int:
                     "and save them here (dvqvae_model/assets/penetration_trees.json is the bundled file)")
     ap.add_argument("--save-disp-trees", default="", help="with --gbt: fit the displacement trees on every candidate "
                     "and save them here (dvqvae_model/assets/displacement_trees.json is the bundled file)")
+    ap.add_argument("--extra", action="append", default=[], metavar="DIR",
+                    help="with --fit: other collect directories (e.g. another model's candidates) whose candidates "
+                         "join every fit and the saved trees; the tables score --out's only")
     ap.add_argument("--subsets", default="", help="e.g. 16,32,64: the kept quality with N of the collected candidates")
     ap.add_argument("--variants", default="", help="feature settings to try too, e.g. 'mu=0.5;max_depth_mm=3'")
     ap.add_argument("--features", default="cone_eps,balance,span")

@@ -41,3 +41,16 @@ def test_collect_analyse_and_save_the_trees(hand, tmp_path, capsys) -> None:
     assert "estimated Q (penetration + displacement trees" in text
     moved = BoostedTrees.load(disp)
     assert moved.columns == TREE_INPUTS + SHADOW_NAMES and moved.link == "log1p" and not moved.offset
+    # another collection (here: two of the objects again, as another model's candidates would be) joins
+    # every fit with --extra: the tables still score --out's clouds only, the saved trees change
+    other = tmp_path / "other"
+    other.mkdir()
+    for f in sorted(out.glob("*.npz"))[:2]:
+        (other / f.name).write_bytes(f.read_bytes())
+    disp2 = tmp_path / "disp2.json"
+    study_stability.main(["analyse", "--out", str(out), "--extra", str(other), "--keep", "2", "--fit", "--gbt",
+                          "--sweep", "", "--save-disp-trees", str(disp2)])
+    text = capsys.readouterr().out
+    assert "5 objects, 8 candidates per cloud" in text and "2 objects' candidates join every fit" in text
+    x = np.random.default_rng(0).random((50, len(moved.columns)))
+    assert not np.allclose(BoostedTrees.load(disp2).raw(x), moved.raw(x))
