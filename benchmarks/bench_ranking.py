@@ -149,7 +149,11 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="default")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     ap.add_argument("--json", default="", help="write every number here too")
+    ap.add_argument("--quick", action="store_true",
+                    help="a smoke run: one object, K = 2, 2x candidates, 3 long-refinement steps, one timing pass")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.max_objects, args.grasps, args.oversample = 1, [2], 2
 
     import torch
 
@@ -166,7 +170,7 @@ def main(argv=None) -> int:
     path = resolve_checkpoint(args.model, default_dir=DEFAULT_MODEL_DIR)
     default_refine = RefineConfig(steps=DEFAULTS.refine_steps, max_time_s=DEFAULTS.refine_time_ms / 1e3)
     mid_refine = RefineConfig(steps=40, max_time_s=0.15)
-    long_refine = RefineConfig(steps=80, max_time_s=5.0)
+    long_refine = RefineConfig(steps=3 if args.quick else 80, max_time_s=5.0)
     gens = {
         "raw": GraspGenerator.from_checkpoint(path, ranking=False, refine=False),
         "rank": GraspGenerator.from_checkpoint(path, ranking=True, refine=False),
@@ -224,7 +228,7 @@ def main(argv=None) -> int:
                     c = args.oversample * k
                     for name, gen_name in setting_gens.items():
                         times = []
-                        for _ in range(3 if name != "rank+refine long" else 1):
+                        for _ in range(3 if name != "rank+refine long" and not args.quick else 1):
                             t0 = time.perf_counter()
                             gs = gens[gen_name].generate(cloud, k, seed=seed, candidates=c)
                             times.append(1e3 * (time.perf_counter() - t0))
