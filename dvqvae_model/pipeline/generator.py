@@ -458,8 +458,8 @@ class GraspGenerator:
         """Refine the best ``refine_config.top`` grasps of each object in the centred frame, then re-score.
 
         A refined grasp replaces its sample only if its score rose and its penetration did not
-        (as the cloud measures them), so refinement never makes a published grasp worse by
-        those measures.
+        (as the cloud measures it, and as the learnt estimate does: on a depth view the cloud cannot
+        see the object's back), so refinement never makes a published grasp worse by those measures.
         """
         cfg = self.refine_config
         num_objects = points.shape[0]
@@ -477,6 +477,8 @@ class GraspGenerator:
             new_scores, new_terms = self.score_candidates(points, surface, out.vertices, out.keypoints,
                                                           self._graph_score_of(terms["prior"][sel], points, out), gravity)
             better = (new_scores > scores[sel]) & (new_terms["penetration"] <= terms["penetration"][sel] + 1e-6)
+            if "penetration_est" in terms:  # nor deeper by the learnt estimate, which sees behind a depth view
+                better &= new_terms["penetration_est"] <= terms["penetration_est"][sel] + 1e-6
             params, vertices, keypoints, scores = params.clone(), vertices.clone(), keypoints.clone(), scores.clone()
             params[sel] = torch.where(better.unsqueeze(1), refined, params[sel])
             vertices[sel] = torch.where(better[:, None, None], out.vertices, vertices[sel])
