@@ -69,6 +69,10 @@ def test_validate_reproduces_what_the_run_recorded(runs, capsys):
     assert "--model" in capsys.readouterr().err
     assert train_main(["validate", "--model", str(runs["a"])]) == 2  # no data: nothing to validate on
     assert "needs --data" in capsys.readouterr().err
+    missing = str(runs["tmp"] / "no_such_data")  # a clear error, no traceback, for this and the training stages
+    for stage in (["validate", "--model", str(runs["a"])], ["dvqvae", "--out", str(runs["tmp"] / "x")]):
+        assert train_main([*stage, "--data", missing]) == 2
+        assert "cannot read manifest" in capsys.readouterr().err
 
 
 def test_average_writes_the_mean_validated(runs, hand, capsys):

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
+from torch import nn
 
 from dvqvae_model.checkpoint import CheckpointError, LoadedCheckpoint, load_checkpoint, save_checkpoint
 
@@ -75,10 +76,10 @@ def _same_lineage(cks: Sequence[LoadedCheckpoint], paths: Sequence[Any]) -> None
             raise ValueError(f"{p}: model config differs from {paths[0]}'s ({', '.join(differ)})")
 
 
-def average_checkpoints(paths: Sequence[str | Path], out: str | Path, mix: Optional[Sequence[float]] = None, *,
-                        hand: Any = None, val_metrics: Optional[dict[str, float]] = None,
-                        validate: Optional[Any] = None) -> Path:
-    """Write the weight average of the grasp-model checkpoints ``paths`` to ``out`` (a checkpoint directory).
+def average_checkpoints(paths: Sequence[str | Path], out_dir: str | Path, mix: Optional[Sequence[float]] = None, *,
+                        hand: Any = None, validate: Optional[Callable[[nn.Module], dict[str, float]]] = None) -> Path:
+    """Write the weight average of the grasp-model checkpoints ``paths`` to ``out_dir/<kind>/checkpoint``
+    (a training run's layout, so ``dvqvae-train prior --out out_dir`` trains its prior) and return that path.
 
     ``validate(model) -> metrics``, if given, measures the averaged model before it is saved; its
     metrics go into the checkpoint's ``data_info.val_metrics`` like a training run's.
@@ -92,13 +93,11 @@ def average_checkpoints(paths: Sequence[str | Path], out: str | Path, mix: Optio
     base = cks[0]
     base.model.load_state_dict(average_state([ck.model.state_dict() for ck in cks], weights))
     base.model.eval()
-    metrics = dict(val_metrics or {})
-    if validate is not None:
-        metrics = validate(base.model)
     info = dict(base.config.get("data_info") or {})
-    info.update(stage=base.kind, averaged_from=[str(p) for p in paths], mix=weights, val_metrics=metrics)
+    info.update(stage=base.kind, averaged_from=[str(p) for p in paths], mix=weights,
+                val_metrics=validate(base.model) if validate is not None else {})
     for k in ("train_config", "epochs", "steps"):  # a single run's: not this model's
         info.pop(k, None)
-    return save_checkpoint(out, base.model, kind=base.kind, model_config=base.model_config,
-                           hand_fingerprint=base.config["hand_fingerprint"], data_info=info,
-                           extra={"averaged": True})
+    return save_checkpoint(Path(out_dir) / base.kind / "checkpoint", base.model, kind=base.kind,
+                           model_config=base.model_config, hand_fingerprint=base.config["hand_fingerprint"],
+                           data_info=info, extra={"averaged": True})

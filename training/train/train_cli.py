@@ -25,10 +25,12 @@ import sys
 import time
 from typing import Optional, Sequence
 
+from dvqvae_model.checkpoint import CheckpointError
 from dvqvae_model.nets.config import DEFAULT_PRESET, PRESETS
 from dvqvae_model.nets.dvqvae import HAND_FRAMES, VARIANTS
 from dvqvae_model.canonical_frame import INPUT_FRAMES
 from dvqvae_model.nets.rotations import ROTATION_REPRS
+from dvqvae_training.dataset.dataset_format import DatasetError
 from dvqvae_training.train import (
     EXIT_RESUMABLE,
     PriorTrainConfig,
@@ -39,6 +41,10 @@ from dvqvae_training.train import (
     train_dvqvae,
     train_prior,
 )
+
+
+#: Errors that mean bad input (paths, data, checkpoints, options): a message and exit status 2, no traceback.
+_USER_ERRORS = (CheckpointError, DatasetError, FileExistsError, FileNotFoundError, ValueError)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -243,7 +249,7 @@ def _run(args: argparse.Namespace, main_cfg: TrainConfig, prior_cfg: PriorTrainC
             results = [train_prior(prior_cfg, model_checkpoint=args.model, deadline=deadline)]
         else:
             results = train_all(main_cfg, prior_cfg, deadline=deadline)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
+    except _USER_ERRORS as e:
         print(f"dvqvae-train: {e}", file=sys.stderr)
         return 2
     if not getattr(dist_ctx, "is_main", True):
@@ -260,9 +266,7 @@ def _run(args: argparse.Namespace, main_cfg: TrainConfig, prior_cfg: PriorTrainC
 
 def _measure_or_average(args: argparse.Namespace, cfg: TrainConfig) -> int:
     """``validate``: print a checkpoint's validation metrics; ``average``: write (and validate) a weight average."""
-    from pathlib import Path
-
-    from dvqvae_model.checkpoint import CheckpointError, load_checkpoint
+    from dvqvae_model.checkpoint import load_checkpoint, read_checkpoint_config
     from dvqvae_model.hand.hand_model import load_hand_model
     from dvqvae_training.train.average import average_checkpoints
     from dvqvae_training.train.stages import validate_grasp_model
@@ -278,14 +282,10 @@ def _measure_or_average(args: argparse.Namespace, cfg: TrainConfig) -> int:
             return 0
         if not args.inputs or len(args.inputs) < 2:
             raise ValueError("average needs --inputs with at least two checkpoints")
-        kind = load_checkpoint(args.inputs[0], hand=hand).kind
-        out = average_checkpoints(args.inputs, Path(args.out) / kind / "checkpoint", args.mix, hand=hand,
-                                  validate=validate)
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        out = average_checkpoints(args.inputs, args.out, args.mix, hand=hand, validate=validate)
+    except _USER_ERRORS as e:
         print(f"dvqvae-train: {e}", file=sys.stderr)
         return 2
-    from dvqvae_model.checkpoint import read_checkpoint_config
-
     metrics = read_checkpoint_config(out)["data_info"]["val_metrics"]
     print(json.dumps({"checkpoint": str(out), "val": {k: round(v, 4) for k, v in metrics.items()}}))
     if not metrics:
