@@ -202,6 +202,29 @@ def test_decoded_vertices_equal_hand_layer_with_decoded_params(hand: HandModel) 
     assert torch.allclose(d.keypoints, ref.keypoints, atol=1e-6)
 
 
+def test_given_hand_shape_is_the_data_s_in_training_and_the_mean_hand_at_inference(hand: HandModel) -> None:
+    """hand_shape="given": the betas are an input of decode (the codes cannot hold them), so the
+    reconstruction wears the GT shape, a decode without a shape the mean hand; "decoded" (the paper's)
+    takes them from the posture decoder and ignores a given shape."""
+    obj, prm = synthetic_grasps(hand, 4, 128, seed=2)
+    given, decoded = small_model(hand, hand_shape="given").eval(), small_model(hand).eval()
+    decoded.load_state_dict(given.state_dict())  # the same weights serve both
+    with torch.no_grad():
+        out = given(obj, prm, compute_losses=False)
+        assert torch.equal(out.decoding.params[:, :10], prm[:, :10])
+        assert torch.allclose(out.decoding.vertices, hand.from_params(out.decoding.params).vertices, atol=1e-6)
+        mean_hand = given.decode(out.z_hand, out.z_t, out.z_p).params
+        assert torch.equal(mean_hand[:, :10], torch.zeros(4, 10))
+        codes = given.hand_codebook(out.z_hand).quantized
+        assert torch.allclose(given.decode(codes, out.z_t, out.z_p, betas=prm[:, :10]).vertices,
+                              out.decoding.vertices, atol=1e-6)  # the inference path with the data's shape
+        own = decoded.decode(out.z_hand, out.z_t, out.z_p, betas=prm[:, :10])
+        assert torch.equal(own.params[:, :10], own.posture_raw[:, :10])
+        assert not torch.equal(own.params[:, :10], prm[:, :10])
+    with pytest.raises(ValueError, match="hand_shape"):
+        dvqvae_config("compact", hand_shape="mano")
+
+
 def test_inference_path_matches_training_path(hand: HandModel) -> None:
     model = small_model(hand)
     obj, prm = synthetic_grasps(hand, 4, 128, seed=3)

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def trained(tmp_path_factory, hand) -> tuple[Path, Path, Path]:
     """(dataset, DVQ-VAE + prior checkpoint, GraspCVAE checkpoint) after one short epoch each."""
     tmp = tmp_path_factory.mktemp("eval")
-    root = write_toy_dataset(tmp / "data", hand, grasps=3,
+    root = write_toy_dataset(tmp / "data", hand, grasps=3, betas_std=0.5,
                              objects={"train": (("box", 0), ("sphere", 2)), "val": (("box", 3),),
                                       "test": (("cylinder", 4), ("box", 5))})
     common = dict(data_dir=str(root), out_dir=str(tmp / "run"), num_points=NUM_POINTS, epochs=1, progress=False)
@@ -117,11 +117,15 @@ def test_breakdown_splits_the_error(trained, hand, tmp_path, capsys):
     rep = breakdown(dvq, root, "test", BreakdownConfig(grasps_per_object=2, max_objects=2, pitch_mm=5.0), hand=hand)
     m = rep["modes"]
     assert rep["num_grasps"] == 4 and set(m) == {"data", "reconstruction", "continuous", "posture_only",
-                                                 "position_only", "sampled"}
+                                                 "position_only", "shape_only", "sampled"}
     assert m["data"]["vertex_err_mm"] == 0.0 and m["reconstruction"]["vertex_err_mm"] > 1.0
     assert m["posture_only"]["orient_err_deg"] == 0.0 and m["posture_only"]["transl_err_mm"] == 0.0
     assert m["position_only"]["posture_rmse"] == 0.0
     assert m["position_only"]["transl_err_mm"] == pytest.approx(m["reconstruction"]["transl_err_mm"])
+    assert m["shape_only"]["transl_err_mm"] == 0.0 and m["shape_only"]["orient_err_deg"] == 0.0
+    sh = rep["shape"]  # the share of the data's betas variance the reconstruction recovers
+    assert sh["data_betas_variance"] > 0 and sh["reconstruction_explained"] == pytest.approx(
+        1 - sh["reconstruction_betas_sq_err"] / sh["data_betas_variance"])
     assert "orient_err_deg" not in m["sampled"] and m["sampled"]["vertex_err_mm"] > 0
     for mode in m.values():
         assert 0.0 <= mode["penetration_cm3"] < 2000.0 and 0.0 <= mode["contact_pct"] <= 100.0
@@ -135,7 +139,8 @@ def test_breakdown_splits_the_error(trained, hand, tmp_path, capsys):
     assert eval_main(["--breakdown", "--data", str(root), "--model", str(dvq), "--num-grasps", "2",
                       "--max-objects", "1", "--pitch-mm", "5", "--out", str(out), "--no-progress"]) == 0
     assert json.loads((out / "breakdown.json").read_text())["num_grasps"] == 2
-    assert "| reconstruction |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| reconstruction |" in printed and "Hand shape (betas)" in printed
     assert eval_main(["--breakdown", "--meshes", str(tmp_path), "--model", str(dvq)]) == 2  # needs --data
 
 

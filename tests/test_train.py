@@ -38,8 +38,10 @@ NUM_POINTS = 128
 # =============================================================================== toy data (also used by test_evaluate)
 
 
-def toy_grasps(hand, points: np.ndarray, normals: np.ndarray, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` hands in a grasp-like pose, palm facing the object 1.5 cm off a random surface point."""
+def toy_grasps(hand, points: np.ndarray, normals: np.ndarray, count: int, rng: np.random.Generator,
+               betas_std: float = 0.0) -> np.ndarray:
+    """``count`` hands in a grasp-like pose, palm facing the object 1.5 cm off a random surface point
+    (the mean hand, or random shapes with ``betas_std``)."""
     meta = hand.meta
     with torch.no_grad():
         rest = hand.rest()
@@ -57,6 +59,8 @@ def toy_grasps(hand, points: np.ndarray, normals: np.ndarray, count: int, rng: n
         out[k, 10:13] = Rotation.from_matrix(R).as_rotvec()
         out[k, 13:58] = pose + rng.normal(scale=0.05, size=45)
         out[k, 58:61] = p + 0.015 * n - j0 - R @ (palm - j0)
+        if betas_std:  # the palm offset above is the mean hand's: close enough for a toy
+            out[k, :10] = rng.normal(scale=betas_std, size=10)
     return out.astype(np.float32)
 
 
@@ -64,7 +68,8 @@ DEFAULT_OBJECTS = {"train": (("box", 0), ("cylinder", 1), ("sphere", 2)), "val":
                    "test": (("cylinder", 4), ("box", 5))}
 
 
-def write_toy_dataset(root: Path, hand, *, num_points: int = 256, grasps: int = 4, objects=None, seed: int = 0) -> Path:
+def write_toy_dataset(root: Path, hand, *, num_points: int = 256, grasps: int = 4, objects=None, seed: int = 0,
+                      betas_std: float = 0.0) -> Path:
     """A dataset with explicit per-object splits (default: 3 train, 1 val, 2 test objects)."""
     rng = np.random.default_rng(seed)
     with DatasetWriter(root, generator_version="toy", hand_fingerprint=hand.fingerprint, num_points=num_points) as w:
@@ -74,7 +79,7 @@ def write_toy_dataset(root: Path, hand, *, num_points: int = 256, grasps: int = 
                 mesh = make_object(recipe)
                 pts, nrm = sample_surface(mesh, num_points, seed=s)
                 w.add_object(recipe.object_id, pts, nrm, {"recipe": recipe.to_dict()},
-                             toy_grasps(hand, pts, nrm, grasps, rng), split=split)
+                             toy_grasps(hand, pts, nrm, grasps, rng, betas_std), split=split)
     return Path(root)
 
 
@@ -284,6 +289,8 @@ def test_hand_frame_reaches_the_model_and_its_run_resumes_only_with_it(data_root
 
     main_cfg, _ = configs(build_parser().parse_args(["dvqvae", "--data", str(data_root), "--hand-frame", "object"]))
     assert main_cfg.hand_frame == "object"
+    shape_cfg, _ = configs(build_parser().parse_args(["dvqvae", "--data", str(data_root), "--hand-shape", "given"]))
+    assert shape_cfg.hand_shape == "given"
     res = train_dvqvae(cfg(data_root, tmp_path, max_steps=1, hand_frame="object"), hand=hand)
     assert read_training_state(res.state_dir)["model_config"]["hand_frame"] == "object"
     with pytest.raises(ValueError, match="hand_frame"):
@@ -398,6 +405,13 @@ def test_init_from_starts_a_new_run_from_a_checkpoints_weights(data_root, hand, 
                          init_from=str(first.checkpoint)), hand=hand)
     with pytest.raises(ValueError, match="holds a 'dvqvae' model"):
         train_cvae(cfg(data_root, tmp_path / "d", max_steps=1, init_from=str(first.checkpoint)), hand=hand)
+    # the hand's shape may switch to "given" (same weights): recorded, and the run resumes only with it
+    shaped = train_dvqvae(cfg(data_root, tmp_path / "e", max_steps=1, hand_shape="given",
+                              init_from=str(first.checkpoint)), hand=hand)
+    assert read_training_state(shaped.state_dir)["model_config"]["hand_shape"] == "given"
+    with pytest.raises(ValueError, match="hand_shape"):
+        train_dvqvae(cfg(data_root, tmp_path / "e", epochs=1, resume=True, init_from=str(first.checkpoint)),
+                     hand=hand)
 
 
 def test_loss_weight_overrides_reach_the_model_and_are_checked(data_root, hand, tmp_path):

@@ -44,7 +44,7 @@ from dvqvae_model.canonical_frame import check_input_frame
 from dvqvae_model.io import SerializableConfig
 from dvqvae_model.nets.codebook import Codebook
 from dvqvae_model.nets.gating import SkeletalGating, mlp
-from dvqvae_model.hand.hand_model import HandModel, HandOutput
+from dvqvae_model.hand.hand_model import SLICE_BETAS, HandModel, HandOutput
 from dvqvae_model.nets.losses import LossWeights, grasp_losses
 from dvqvae_model.nets.pointnet import GroupedMLP, PointNet
 from dvqvae_model.nets.rotations import IDENTITY_6D, matrix_to_axis_angle, rot6d_to_matrix, rotation_dim
@@ -58,6 +58,8 @@ POSITION_DIM = 6  # 3 global orient (axis-angle) + 3 transl; 9 with the 6-D rota
 
 #: What the hand encoders see (DVQVAEConfig.hand_frame).
 HAND_FRAMES = ("centred", "object")
+#: Where the hand's shape (MANO betas) comes from (DVQVAEConfig.hand_shape).
+HAND_SHAPES = ("decoded", "given")
 
 
 def _tuple(x: Sequence[int]) -> tuple[int, ...]:
@@ -109,6 +111,13 @@ class DVQVAEConfig(SerializableConfig):
     # translation from the object and posture, and regresses to the mean where several places fit) or
     # "object" (the vertices in the object frame, so the codes also carry the hand's place).
     hand_frame: str = "centred"
+    # Where the hand's shape (betas) comes from: "decoded" (the paper's: the posture decoder emits them
+    # from the codes) or "given" (an input of ``decode``: the GT shape in training, the user's hand or the
+    # mean hand, zeros, at inference). The shape is one global continuous property of the person, not of
+    # the grasp; the part codebooks' quantisation drops it entirely (a ridge probe recovers none of the
+    # betas from the quantised codes, docs/model-card.md), leaving ~6 mm of reconstruction error that no
+    # amount of training removes. "given" keeps the same weights (the decoder's betas outputs go unused).
+    hand_shape: str = "decoded"
     loss_weights: LossWeights = field(default_factory=LossWeights)
 
     def __post_init__(self) -> None:
@@ -124,6 +133,8 @@ class DVQVAEConfig(SerializableConfig):
         check_input_frame(self.input_frame)
         if self.hand_frame not in HAND_FRAMES:
             raise ValueError(f"unknown hand_frame {self.hand_frame!r}; expected one of {HAND_FRAMES}")
+        if self.hand_shape not in HAND_SHAPES:
+            raise ValueError(f"unknown hand_shape {self.hand_shape!r}; expected one of {HAND_SHAPES}")
         rotation_dim(self.rotation)
 
     @property
@@ -347,8 +358,11 @@ class DVQVAE(nn.Module):
         v = (v - v.mean(dim=1, keepdim=True)) * self.cfg.point_scale
         return self.position_pointnet(v[:, self.position_index])
 
-    def decode(self, hand_codes: Tensor, z_t: Tensor, z_p: Tensor) -> GraspDecoding:
-        """Hand codes ``[B, 6, D]`` + object features -> grasps in the (centred) object frame."""
+    def decode(self, hand_codes: Tensor, z_t: Tensor, z_p: Tensor, betas: Tensor | None = None) -> GraspDecoding:
+        """Hand codes ``[B, 6, D]`` + object features -> grasps in the (centred) object frame.
+
+        ``betas [B, 10]``: the hand's shape when ``cfg.hand_shape == "given"`` (``None``: the mean hand);
+        ignored when the shape is decoded."""
         codes = hand_codes.reshape(hand_codes.shape[0], -1)
         variant = self.cfg.variant
         if variant == "no_dual_stage":
@@ -365,7 +379,10 @@ class DVQVAE(nn.Module):
         else:
             posture_raw = self.posture_decoder(torch.cat([codes, z_t], dim=1))
             position = None
-        betas = posture_raw[:, :10]
+        if self.cfg.hand_shape == "given":
+            betas = posture_raw.new_zeros(posture_raw.shape[0], 10) if betas is None else betas
+        else:
+            betas = posture_raw[:, :10]
         pose, gate = self._gate(betas, posture_raw[:, 10:])
         canon = self._pose_at_origin(betas, pose)
         if position is None:
@@ -402,7 +419,7 @@ class DVQVAE(nn.Module):
         z_t, z_p = self.encode_object(obj_points)
         hq = self.hand_codebook(z_hand)
         oq = self.object_codebook(z_t.unsqueeze(1))
-        decoding = self.decode(hq.quantized, z_t, z_p)
+        decoding = self.decode(hq.quantized, z_t, z_p, betas=hand_params[:, SLICE_BETAS])
         tokens = torch.cat([oq.indices, hq.indices], dim=1)
         losses: dict[str, Tensor] = {}
         if compute_losses:

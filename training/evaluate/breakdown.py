@@ -12,7 +12,9 @@ measured against the object *mesh*:
                       gap to ``reconstruction`` is the price of the codebooks.
 * ``posture_only``    the reconstruction's posture (betas + finger pose) with the GT position
                       (global orientation + translation), and ``position_only`` the reverse: which
-                      decoder stage carries the vertex error and the penetration.
+                      decoder stage carries the vertex error and the penetration. ``shape_only``: the
+                      reconstruction's betas alone (the hand's shape, which the part codes cannot hold;
+                      ``shape`` in the report gives the share of the data's betas variance recovered).
 * ``sampled``         object token from the encoder, ``G`` hand-token sequences from the prior
                       (temperature 1), decoded: the generation path without ranking or refinement.
                       Vertex error is to the *nearest* dataset grasp of the object.
@@ -34,7 +36,7 @@ import torch
 
 from dvqvae_model.checkpoint import load_checkpoint
 from dvqvae_model.nets.dvqvae import DVQVAE
-from dvqvae_model.hand.hand_model import SLICE_GLOBAL_ORIENT, SLICE_TRANSL, HandModel, load_hand_model
+from dvqvae_model.hand.hand_model import SLICE_BETAS, SLICE_GLOBAL_ORIENT, SLICE_TRANSL, HandModel, load_hand_model
 from dvqvae_model.nets.losses import POSITION_INDEX, POSTURE_INDEX
 from dvqvae_model.nets.prior import gumbel_noise
 from dvqvae_model.canonical_frame import principal_frame
@@ -42,7 +44,7 @@ from dvqvae_model.hand.rigid_motion import WristJoint, transform_hand_params
 from dvqvae_training.evaluate.evaluate import TestObject, objects_from_dataset
 from dvqvae_training.evaluate.metrics import ObjectGeometry, contact_flags, penetration_volumes_cm3
 
-MODES = ("data", "reconstruction", "continuous", "posture_only", "position_only", "sampled")
+MODES = ("data", "reconstruction", "continuous", "posture_only", "position_only", "shape_only", "sampled")
 
 
 @dataclass
@@ -95,12 +97,13 @@ def _object_rows(model: DVQVAE, prior: Any, hand: HandModel, obj: TestObject, cf
     gt_c = torch.as_tensor(to_model(gt), dtype=torch.float32)
     out = model(x, gt_c, compute_losses=False)
     rec = out.decoding.params
-    cont = model.decode(out.z_hand, out.z_t, out.z_p).params
+    cont = model.decode(out.z_hand, out.z_t, out.z_p, betas=gt_c[:, :10]).params  # a given shape: the GT one
     post = torch.as_tensor(POSTURE_INDEX)
     posi = torch.as_tensor(POSITION_INDEX)
-    posture_only, position_only = gt_c.clone(), gt_c.clone()
+    posture_only, position_only, shape_only = gt_c.clone(), gt_c.clone(), gt_c.clone()
     posture_only[:, post] = rec[:, post]
     position_only[:, posi] = rec[:, posi]
+    shape_only[:, SLICE_BETAS] = rec[:, SLICE_BETAS]
     # generation: encoder's object token, prior samples of the hand tokens
     obj_tok = out.tokens[:, 0]
     gen = torch.Generator().manual_seed(cfg.seed * 100_003 + index)
@@ -110,7 +113,7 @@ def _object_rows(model: DVQVAE, prior: Any, hand: HandModel, obj: TestObject, cf
     sampled_tokens = torch.cat([obj_tok[:, None], hand_tok], dim=1)
 
     params = {"data": gt_c, "reconstruction": rec, "continuous": cont, "posture_only": posture_only,
-              "position_only": position_only, "sampled": sampled}
+              "position_only": position_only, "shape_only": shape_only, "sampled": sampled}
     gt_v = hand.from_params(gt_c).vertices
     all_gt_v = hand.from_params(torch.as_tensor(to_model(gt_all), dtype=torch.float32)).vertices
     geo = ObjectGeometry(obj.mesh)
@@ -131,9 +134,11 @@ def _object_rows(model: DVQVAE, prior: Any, hand: HandModel, obj: TestObject, cf
             "orient_err_deg": _angle_deg(gn[:, SLICE_GLOBAL_ORIENT], pn[:, SLICE_GLOBAL_ORIENT]),
             "transl_err_mm": np.linalg.norm(gn[:, SLICE_TRANSL] - pn[:, SLICE_TRANSL], axis=1) * 1000.0,
             "posture_rmse": np.sqrt(((gn[:, POSTURE_INDEX] - pn[:, POSTURE_INDEX]) ** 2).mean(1)),
+            "betas_sq_err": ((gn[:, SLICE_BETAS] - pn[:, SLICE_BETAS]) ** 2).sum(1),
+            "betas_gt": gn[:, SLICE_BETAS],
         }
         if mode == "sampled":  # paired parameter errors mean nothing for samples
-            for k in ("orient_err_deg", "transl_err_mm", "posture_rmse"):
+            for k in ("orient_err_deg", "transl_err_mm", "posture_rmse", "betas_sq_err"):
                 rows[mode][k] = np.full(g, np.nan)
     return rows, out.tokens.numpy(), sampled_tokens.numpy()
 
@@ -167,10 +172,18 @@ def breakdown(checkpoint: str | Path, data_dir: str | Path, split: str = "test",
                 acc[mode].setdefault(k, []).append(v)
         enc_tokens.append(et)
         smp_tokens.append(st)
+    betas_gt = np.concatenate(acc["data"]["betas_gt"])
+    betas_var = float(betas_gt.var(axis=0).sum())  # total variance of the data's shapes
+    shape = {"data_betas_variance": betas_var, "reconstruction_betas_sq_err":
+             float(np.concatenate(acc["reconstruction"]["betas_sq_err"]).mean())}
+    shape["reconstruction_explained"] = (1.0 - shape["reconstruction_betas_sq_err"] / betas_var) if betas_var > 0 \
+        else float("nan")
     modes: dict[str, dict[str, float]] = {}
     for mode in MODES:
         m: dict[str, float] = {}
         for k, parts in acc[mode].items():
+            if k in ("betas_gt", "betas_sq_err"):
+                continue
             v = np.concatenate(parts)
             if np.isnan(v).all():
                 continue
@@ -200,7 +213,7 @@ def breakdown(checkpoint: str | Path, data_dir: str | Path, split: str = "test",
         acc_top1 = float((prior.logits(t).argmax(-1) == t[:, 1:]).float().mean())
     return {"protocol": "dvqvae-breakdown", "checkpoint": str(checkpoint), "data": str(data_dir), "split": split,
             "config": cfg.to_dict(), "objects": [o.name for o in objects], "num_grasps": int(len(enc)),
-            "modes": modes, "codebooks": books,
+            "modes": modes, "codebooks": books, "shape": shape,
             "prior": {"nll": nll, "uniform_nll": float(math.log(model.token_vocab_sizes[1])),
                       "accuracy": acc_top1, "distinct_encoded_sequences": int(len({tuple(r) for r in enc[:, 1:]})),
                       "distinct_sampled_sequences": int(len({tuple(r) for r in smp[:, 1:]}))}}
@@ -228,6 +241,10 @@ def breakdown_markdown(report: dict[str, Any]) -> str:
                      f"{b['encoded_perplexity']:.1f} | {s_used} | {s_ppl} |")
     p = report["prior"]
     c = report["config"]
+    sh = report["shape"]
+    lines += ["", f"Hand shape (betas): the reconstruction's squared error {sh['reconstruction_betas_sq_err']:.2f} "
+              f"against the data's variance {sh['data_betas_variance']:.2f}: "
+              f"{100 * sh['reconstruction_explained']:.0f} % of it recovered."]
     lines += ["", f"Prior on the encoder's tokens: NLL {p['nll']:.3f} nats/token (uniform {p['uniform_nll']:.3f}), "
               f"top-1 accuracy {100 * p['accuracy']:.1f} %; distinct hand-token sequences: "
               f"{p['distinct_encoded_sequences']} encoded, {p['distinct_sampled_sequences']} sampled "

@@ -25,7 +25,7 @@ RUNTIME_FIELDS = frozenset({
 # Fields only the DVQ-VAE reads: a GraspCVAE run resumes whatever they hold (it records them, and
 # their defaults change as the DVQ-VAE recipe improves).
 DVQVAE_ONLY_FIELDS = frozenset({"variant", "position_sees_codes", "rotation", "codebook_init_rows", "use_gating",
-                                "hand_frame"})
+                                "hand_frame", "hand_shape"})
 
 
 # =============================================================================== configuration
@@ -79,6 +79,9 @@ class TrainConfig:
     codebook_init_rows: int = 0
     # DVQ-VAE hand encoders' input (DVQVAEConfig.hand_frame): "object" lets the codes carry where the hand is
     hand_frame: str = "centred"
+    # DVQ-VAE hand shape (DVQVAEConfig.hand_shape): "given" feeds the GT betas to the decoder instead of
+    # decoding them from codes that cannot hold them; a run started with init_from may switch it
+    hand_shape: str = "decoded"
     use_gating: bool = True  # DVQ-VAE skeletal gating (eq. 7-8); False is Table 4's "no gating" ablation
     translate: float = 0.0
     # The node's input is one depth view of the object, so training sees one too, in this share of
@@ -175,7 +178,7 @@ CONTACT_TERMS = ("consistency", "contact", "penetration")  # the terms weighted 
 # (so an old run resumes only with the settings it was actually trained with).
 LEGACY_CONFIG = {"contact_scale": 1.0, "contact_warmup": 0.0, "loss_points": 0, "input_frame": "centred",
                  "rotation": "axis_angle", "codebook_init_rows": 0,
-                 "use_gating": True, "hand_frame": "centred", "init_from": "",
+                 "use_gating": True, "hand_frame": "centred", "hand_shape": "decoded", "init_from": "",
                  "loss_weights": {}}
 
 

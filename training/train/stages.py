@@ -147,6 +147,8 @@ def _initial_model(stage: str, cfg: TrainConfig, hand: HandModel) -> tuple[Any, 
     if differ:
         raise ValueError(f"init_from {cfg.init_from}: the run's model settings differ from the checkpoint's "
                          f"({'; '.join(differ)}): pass the checkpoint's")
+    if stage == "dvqvae":  # the same weights serve both: the decoder's betas outputs are just unused when given
+        model_cfg.hand_shape = cfg.hand_shape
     return model_cfg, ck.model
 
 
@@ -169,7 +171,7 @@ def _train_grasp_model(stage: str, cfg: TrainConfig, *, hand: Optional[HandModel
             dvqvae_config(cfg.preset, variant=cfg.variant, position_sees_codes=cfg.position_sees_codes,
                           input_frame=cfg.input_frame, rotation=cfg.rotation,
                           kmeans_init_rows=cfg.codebook_init_rows, use_gating=cfg.use_gating,
-                          hand_frame=cfg.hand_frame,
+                          hand_frame=cfg.hand_frame, hand_shape=cfg.hand_shape,
                           **({"num_points": cfg.num_points} if cfg.num_points else {}))
         model: nn.Module = DVQVAE(model_cfg, hand)
     else:

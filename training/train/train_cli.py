@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 
 from dvqvae_model.checkpoint import CheckpointError
 from dvqvae_model.nets.config import DEFAULT_PRESET, PRESETS
-from dvqvae_model.nets.dvqvae import HAND_FRAMES, VARIANTS
+from dvqvae_model.nets.dvqvae import HAND_FRAMES, HAND_SHAPES, VARIANTS
 from dvqvae_model.canonical_frame import INPUT_FRAMES
 from dvqvae_model.nets.rotations import ROTATION_REPRS
 from dvqvae_training.dataset.dataset_format import DatasetError
@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hand-frame", choices=HAND_FRAMES, default=None,
                    help="DVQ-VAE: what the hand encoders see (default centred, the paper's: the codes hold posture "
                         "and orientation; object: the hand in the object frame, so the codes hold its place too)")
+    p.add_argument("--hand-shape", choices=HAND_SHAPES, default=None,
+                   help="DVQ-VAE: where the hand's shape (betas) comes from (default decoded, the paper's: from "
+                        "the codes, which cannot hold it; given: an input, the GT shape in training and the mean "
+                        "hand at inference). --init-from may switch it: the weights are the same")
     p.add_argument("--input-frame", choices=INPUT_FRAMES, default=None,
                    help="the model's input frame (default principal: each cloud and its grasp rotated into the "
                         "cloud's principal axes; centred: translated only, the paper's)")
@@ -171,7 +175,7 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PriorTrainConfig]:
                   device=args.device, num_threads=args.num_threads, num_workers=args.workers,
                   max_minutes=args.max_minutes, max_steps=args.max_steps, resume=args.resume, progress=progress)
     for name in ("partial_prob", "partial_method", "depth_noise", "table_cut", "input_frame", "rotation",
-                 "codebook_init_rows", "hand_frame", "init_from"):
+                 "codebook_init_rows", "hand_frame", "hand_shape", "init_from"):
         if getattr(args, name) is not None:
             common[name] = getattr(args, name)
     if args.loss_weight:
