@@ -338,6 +338,27 @@ def test_prior_holdout_is_disjoint_without_a_val_split(data_root, hand, tmp_path
     assert res.finished and np.isfinite(res.metrics["nll"])
 
 
+def test_codebook_size_reaches_the_model_its_prior_and_the_generator(data_root, hand, tmp_path):
+    from dvqvae_model.pipeline.generator import GraspGenerator
+    from dvqvae_training.train.train_cli import build_parser, configs
+
+    main_cfg, _ = configs(build_parser().parse_args(["dvqvae", "--data", str(data_root), "--codebook-size", "16"]))
+    assert main_cfg.codebook_size == 16
+    out = tmp_path / "run"
+    model = train_dvqvae(cfg(data_root, out, epochs=1, codebook_size=16), hand=hand).checkpoint
+    pc = PriorTrainConfig(data_dir=str(data_root), out_dir=str(out), epochs=1, batch_size=8, token_views=1,
+                          num_points=NUM_POINTS, progress=False)
+    res = train_prior(pc, model_checkpoint=model, hand=hand)
+    gen = GraspGenerator.from_checkpoint(res.checkpoint, hand=hand)
+    assert gen.model.hand_codebook.num_codes == 16 and gen.prior.max_vocab == 16  # the prior picks among 16
+    points, _ = sample_surface(make_object(recipe_from_seed("box", 0)), 512, seed=0)
+    assert gen.generate(points, num_grasps=3, seed=0).params.shape == (3, 61)
+    with pytest.raises(ValueError, match="16 entries"):
+        train_dvqvae(cfg(data_root, tmp_path / "b", max_steps=1, codebook_size=32, init_from=str(model)), hand=hand)
+    with pytest.raises(ValueError, match="codebook_size"):
+        cfg(data_root, tmp_path / "c", codebook_size=1)
+
+
 def test_curves_plot_a_finished_run(data_root, tmp_path, capsys):
     """dvqvae-eval --curves: one PNG with the run's curves; the summary reads the stages' last validation."""
     from PIL import Image

@@ -25,7 +25,7 @@ RUNTIME_FIELDS = frozenset({
 # Fields only the DVQ-VAE reads: a GraspCVAE run resumes whatever they hold (it records them, and
 # their defaults change as the DVQ-VAE recipe improves).
 DVQVAE_ONLY_FIELDS = frozenset({"variant", "position_sees_codes", "rotation", "codebook_init_rows", "use_gating",
-                                "hand_frame", "hand_shape"})
+                                "hand_frame", "hand_shape", "codebook_size"})
 
 
 # =============================================================================== configuration
@@ -82,6 +82,8 @@ class TrainConfig:
     # DVQ-VAE hand shape (DVQVAEConfig.hand_shape): "given" feeds the GT betas to the decoder instead of
     # decoding them from codes that cannot hold them; a run started with init_from may switch it
     hand_shape: str = "decoded"
+    # DVQ-VAE entries per hand codebook (DVQVAEConfig.codebook_size); 0 = the preset's (128, the paper's)
+    codebook_size: int = 0
     use_gating: bool = True  # DVQ-VAE skeletal gating (eq. 7-8); False is Table 4's "no gating" ablation
     translate: float = 0.0
     # The node's input is one depth view of the object, so training sees one too, in this share of
@@ -115,6 +117,10 @@ class TrainConfig:
             raise ValueError(f"lr_milestones are fractions of the run in (0, 1], got {self.lr_milestones}")
         if not (math.isfinite(self.contact_scale) and self.contact_scale >= 0.0):
             raise ValueError(f"contact_scale must be a finite number >= 0, got {self.contact_scale}")
+        if self.codebook_size < 0 or self.codebook_size == 1:
+            raise ValueError(f"codebook_size must be >= 2 (0 = the preset's), got {self.codebook_size}")
+        if self.hand_shape not in ("decoded", "given"):
+            raise ValueError(f"unknown hand_shape {self.hand_shape!r}; expected 'decoded' or 'given'")
         if self.loss_points < 0:
             raise ValueError(f"loss_points must be >= 0 (0 = all points), got {self.loss_points}")
         known = {f.name for f in dataclasses.fields(LossWeights)}
@@ -178,7 +184,7 @@ CONTACT_TERMS = ("consistency", "contact", "penetration")  # the terms weighted 
 # (so an old run resumes only with the settings it was actually trained with).
 LEGACY_CONFIG = {"contact_scale": 1.0, "contact_warmup": 0.0, "loss_points": 0, "input_frame": "centred",
                  "rotation": "axis_angle", "codebook_init_rows": 0,
-                 "use_gating": True, "hand_frame": "centred", "hand_shape": "decoded", "init_from": "",
+                 "use_gating": True, "hand_frame": "centred", "hand_shape": "decoded", "codebook_size": 0, "init_from": "",
                  "loss_weights": {}}
 
 

@@ -147,6 +147,9 @@ def _initial_model(stage: str, cfg: TrainConfig, hand: HandModel) -> tuple[Any, 
     if differ:
         raise ValueError(f"init_from {cfg.init_from}: the run's model settings differ from the checkpoint's "
                          f"({'; '.join(differ)}): pass the checkpoint's")
+    if stage == "dvqvae" and cfg.codebook_size and cfg.codebook_size != model_cfg.codebook_size:
+        raise ValueError(f"init_from {cfg.init_from}: its hand codebooks have {model_cfg.codebook_size} entries, "
+                         f"the run asks for {cfg.codebook_size}")
     if stage == "dvqvae":  # the same weights serve both: the decoder's betas outputs are just unused when given
         model_cfg.hand_shape = cfg.hand_shape
     return model_cfg, ck.model
@@ -172,6 +175,7 @@ def _train_grasp_model(stage: str, cfg: TrainConfig, *, hand: Optional[HandModel
                           input_frame=cfg.input_frame, rotation=cfg.rotation,
                           kmeans_init_rows=cfg.codebook_init_rows, use_gating=cfg.use_gating,
                           hand_frame=cfg.hand_frame, hand_shape=cfg.hand_shape,
+                          **({"codebook_size": cfg.codebook_size} if cfg.codebook_size else {}),
                           **({"num_points": cfg.num_points} if cfg.num_points else {}))
         model: nn.Module = DVQVAE(model_cfg, hand)
     else:

@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hand-frame", choices=HAND_FRAMES, default=None,
                    help="DVQ-VAE: what the hand encoders see (default centred, the paper's: the codes hold posture "
                         "and orientation; object: the hand in the object frame, so the codes hold its place too)")
+    p.add_argument("--codebook-size", type=int, default=None,
+                   help="DVQ-VAE: entries per hand codebook (default: the preset's, 128 as the paper's; more "
+                        "entries place the hand finer, the prior has more to choose from)")
     p.add_argument("--hand-shape", choices=HAND_SHAPES, default=None,
                    help="DVQ-VAE: where the hand's shape (betas) comes from (default decoded, the paper's: from "
                         "the codes, which cannot hold it; given: an input, the GT shape in training and the mean "
@@ -175,7 +178,7 @@ def configs(args: argparse.Namespace) -> tuple[TrainConfig, PriorTrainConfig]:
                   device=args.device, num_threads=args.num_threads, num_workers=args.workers,
                   max_minutes=args.max_minutes, max_steps=args.max_steps, resume=args.resume, progress=progress)
     for name in ("partial_prob", "partial_method", "depth_noise", "table_cut", "input_frame", "rotation",
-                 "codebook_init_rows", "hand_frame", "hand_shape", "init_from"):
+                 "codebook_init_rows", "hand_frame", "hand_shape", "codebook_size", "init_from"):
         if getattr(args, name) is not None:
             common[name] = getattr(args, name)
     if args.loss_weight:
