@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="DVQ-VAE: what the hand encoders see (default centred, the paper's: the codes hold posture "
                         "and orientation; object: the hand in the object frame, so the codes hold its place too)")
     p.add_argument("--codebook-size", type=int, default=None,
-                   help="DVQ-VAE: entries per hand codebook (default: the preset's, 128 as the paper's; more "
-                        "entries place the hand finer, the prior has more to choose from)")
+                   help="DVQ-VAE: entries per hand codebook (default: the preset's, 128 as the paper's; the "
+                        "prior's choices per token follow)")
     p.add_argument("--hand-shape", choices=HAND_SHAPES, default=None,
                    help="DVQ-VAE: where the hand's shape (betas) comes from (default decoded, the paper's: from "
                         "the codes, which cannot hold it; given: an input, the GT shape in training and the mean "
