@@ -112,11 +112,11 @@ class DVQVAEConfig(SerializableConfig):
     # "object" (the vertices in the object frame, so the codes also carry the hand's place).
     hand_frame: str = "centred"
     # Where the hand's shape (betas) comes from: "decoded" (the paper's: the posture decoder emits them
-    # from the codes) or "given" (an input of ``decode``: the GT shape in training, the user's hand or the
-    # mean hand, zeros, at inference). The shape is one global continuous property of the person, not of
-    # the grasp; the part codebooks' quantisation drops it entirely (a ridge probe recovers none of the
-    # betas from the quantised codes, docs/model-card.md), leaving ~6 mm of reconstruction error that no
-    # amount of training removes. "given" keeps the same weights (the decoder's betas outputs go unused).
+    # from the codes) or "given" (an input of ``decode``: the data's shape in training, the mean hand,
+    # zeros, when none is given, as at inference). The shape is one continuous property of the whole
+    # hand, not of a part, and the quantised part codes hold none of it (the breakdown's "betas variance
+    # recovered", docs/model-card.md): about 6 mm of the reconstruction's vertex error. "given" keeps the
+    # same weights (the decoder's betas outputs go unused).
     hand_shape: str = "decoded"
     loss_weights: LossWeights = field(default_factory=LossWeights)
 

@@ -97,7 +97,7 @@ def _object_rows(model: DVQVAE, prior: Any, hand: HandModel, obj: TestObject, cf
     gt_c = torch.as_tensor(to_model(gt), dtype=torch.float32)
     out = model(x, gt_c, compute_losses=False)
     rec = out.decoding.params
-    cont = model.decode(out.z_hand, out.z_t, out.z_p, betas=gt_c[:, :10]).params  # a given shape: the GT one
+    cont = model.decode(out.z_hand, out.z_t, out.z_p, betas=gt_c[:, SLICE_BETAS]).params  # a given shape: the GT one
     post = torch.as_tensor(POSTURE_INDEX)
     posi = torch.as_tensor(POSITION_INDEX)
     posture_only, position_only, shape_only = gt_c.clone(), gt_c.clone(), gt_c.clone()
