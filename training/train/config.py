@@ -11,6 +11,7 @@ from dvqvae_training.dataset.datasets import Augmentation
 from torch import Tensor
 
 from dvqvae_model.io import config_from_dict, config_to_dict
+from dvqvae_model.nets.dvqvae import HAND_SHAPES
 from dvqvae_model.nets.losses import LossWeights, weighted_total
 
 CONTACT_THRESHOLD_M = 0.005
@@ -119,8 +120,8 @@ class TrainConfig:
             raise ValueError(f"contact_scale must be a finite number >= 0, got {self.contact_scale}")
         if self.codebook_size < 0 or self.codebook_size == 1:
             raise ValueError(f"codebook_size must be >= 2 (0 = the preset's), got {self.codebook_size}")
-        if self.hand_shape not in ("decoded", "given"):
-            raise ValueError(f"unknown hand_shape {self.hand_shape!r}; expected 'decoded' or 'given'")
+        if self.hand_shape not in HAND_SHAPES:
+            raise ValueError(f"unknown hand_shape {self.hand_shape!r}; expected one of {HAND_SHAPES}")
         if self.loss_points < 0:
             raise ValueError(f"loss_points must be >= 0 (0 = all points), got {self.loss_points}")
         known = {f.name for f in dataclasses.fields(LossWeights)}
